@@ -1,0 +1,1 @@
+"""alexnet-eval: torchvision's ImageNet AlexNet over Hugging Face image datasets, to Parquet."""

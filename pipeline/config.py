@@ -1,0 +1,122 @@
+"""Typed config schema, registered in Hydra's ConfigStore.
+
+The YAML files under conf/ fill these dataclasses; because the schema is
+structured, a mistyped key or a value of the wrong type fails when Hydra
+composes the config. Stages never see this module's objects: the entry point
+turns them into keyword arguments.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from importlib.resources import files
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+
+class UserError(Exception):
+    """A mistake the user can fix; the CLI prints it as one line and exits non-zero."""
+
+
+class Amp(str, Enum):
+    auto = "auto"
+    off = "off"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class Backend(str, Enum):
+    pil = "pil"  # decode + resize with PIL: the reference pixels, bit for bit
+    tensor = "tensor"  # decode + resize on uint8 tensors: faster, within 1 level
+
+
+class OnError(str, Enum):
+    record = "record"  # an undecodable image gets a row with `error` set
+    raise_ = "raise"
+
+
+@dataclass
+class DatasetConfig:
+    path: str = MISSING  # hub id, builder name (parquet, imagefolder) or a local folder
+    name: str | None = None  # the dataset's config name
+    split: str = "validation"  # slices work: validation[:1000]
+    revision: str | None = None
+    data_dir: str | None = None
+    data_files: Any = None  # str, list or {split: files}
+    image_column: str = "image"
+    label_column: str | None = "label"  # null: unlabeled
+    id_column: str | None = None  # null: the image's file name when it has one
+    streaming: bool = False
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "alexnet"
+    weights: str = "IMAGENET1K_V1"  # a torchvision weights name, a checkpoint path, or none
+    sha256: str | None = None  # checked before a checkpoint file is loaded
+
+
+@dataclass
+class Config:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    batch_size: int = 256
+    num_workers: str = "auto"  # auto or a count
+    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
+    amp: Amp = Amp.auto  # auto: fp16 on CUDA, off elsewhere
+    backend: Backend = Backend.pil
+    channels_last: bool = True
+    limit: int | None = None  # first N images of the split
+    on_error: OnError = OnError.record
+    commit_rows: int = 4096  # predictions are committed (survive a kill) every this many rows
+    output_dir: str | None = None  # null: Hydra's run directory
+    progress: bool = True
+
+
+def _package_file(name: str) -> str:
+    """Absolute path of a file shipped inside the pipeline package (for conf/)."""
+    return os.fspath(files("pipeline") / name)
+
+
+def register() -> None:
+    """Register the schema and the `${pipeline_file:...}` resolver with Hydra."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    if not OmegaConf.has_resolver("pipeline_file"):
+        OmegaConf.register_new_resolver("pipeline_file", _package_file)
+
+
+GROUPS = {"dataset": DatasetConfig, "model": ModelConfig}
+
+
+def schema_keys() -> list[str]:
+    """Every dotted key the schema accepts, e.g. `dataset.split`."""
+    keys: list[str] = []
+    for f in fields(Config):
+        sub = GROUPS.get(f.name)
+        keys += [f"{f.name}.{g.name}" for g in fields(sub)] if sub else [f.name]
+    return keys
+
+
+def check_override_keys(overrides: list[str]) -> None:
+    """Fail on a command-line key the schema lacks, naming the valid keys.
+
+    Hydra's own message for this ("Key 'x' is not in struct") names none.
+    Group choices (`dataset=imagenet-val`), Hydra's keys and `+`/`~` forms
+    are left to Hydra.
+    """
+    valid = schema_keys()
+    for override in overrides:
+        if "=" not in override or override[0] in "+~" or override.startswith("hydra"):
+            continue
+        key = override.split("=", 1)[0].split("@", 1)[0]
+        if key in valid or key in GROUPS or key.startswith("hydra/"):
+            continue
+        close = difflib.get_close_matches(key, valid, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise UserError(f"Unknown config key '{key}'.{hint} Valid keys: {', '.join(valid)}")

@@ -1,0 +1,382 @@
+"""Hugging Face split -> DataLoader of uint8 crops, decoded in the workers.
+
+The image column is cast to `Image(decode=False)`, so workers receive the
+encoded bytes (or a file path) and decoding is ours: every mode becomes RGB,
+an undecodable image becomes a row with an `error` instead of a crash.
+Workers return uint8 crops; the float conversion and normalization run after
+the copy to the device (`Preprocess.normalize`), which keeps the copy 4x
+smaller and is, op for op, what `weights.transforms()` does.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as F
+
+from pipeline.config import UserError
+
+SAVED_DATASET_MARKERS = ("dataset_dict.json", "state.json")
+
+
+# ---------------------------------------------------------------- the split
+
+
+@dataclass
+class Split:
+    """A loaded split: a map-style HF Dataset, or an IterableDataset when streaming."""
+
+    table: Any  # datasets.Dataset | datasets.IterableDataset, image column not decoded
+    num_rows: int | None  # None when streaming
+    roots: tuple[str, ...]  # folders a path inside the dataset may point into
+
+
+def load_split(
+    *,
+    path: str,
+    name: str | None,
+    split: str,
+    revision: str | None,
+    data_dir: str | None,
+    data_files: Any,
+    streaming: bool,
+    image_column: str,
+    label_column: str | None,
+    id_column: str | None,
+) -> Split:
+    """Load one split with `datasets`, from the hub, local files or a `save_to_disk` folder."""
+    import datasets
+
+    try:
+        if os.path.isdir(path) and any(
+            os.path.exists(os.path.join(path, m)) for m in SAVED_DATASET_MARKERS
+        ):
+            table = _load_saved(path, split)
+        else:
+            table = datasets.load_dataset(
+                path,
+                name,
+                split=split,
+                revision=revision,
+                data_dir=data_dir,
+                data_files=_plain(data_files),
+                streaming=streaming,
+            )
+    except UserError:
+        raise
+    except Exception as e:  # datasets raises many types; all mean "could not load"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"Could not load dataset '{path}' split '{split}': {reason}") from e
+    columns = list(table.features or {})
+    for role, column in (("image", image_column), ("label", label_column), ("id", id_column)):
+        if column is not None and column not in columns:
+            raise UserError(
+                f"Column '{column}' (dataset.{role}_column) not in the dataset; "
+                f"columns present: {', '.join(columns)}"
+            )
+    table = table.cast_column(image_column, datasets.Image(decode=False))
+    num_rows = None if streaming else len(table)
+    return Split(table=table, num_rows=num_rows, roots=_roots(path, data_dir, data_files))
+
+
+def _load_saved(path: str, split: str) -> Any:
+    """A `save_to_disk` folder: pick the split of a DatasetDict, then apply a slice."""
+    import datasets
+
+    loaded = datasets.load_from_disk(path)
+    instruction = datasets.ReadInstruction.from_spec(split)
+    if isinstance(loaded, datasets.DatasetDict):
+        names = {ins.splitname for ins in instruction._relative_instructions}
+        unknown = names - set(loaded)
+        if unknown:
+            raise UserError(f"Unknown split '{split}' in {path}; splits: {', '.join(loaded)}")
+        sizes = {name: len(ds) for name, ds in loaded.items()}
+        parts = [
+            loaded[spec["filename"]].select(range(spec["from_"], spec["to"]))
+            for spec in (vars(a) for a in instruction.to_absolute(sizes))
+        ]
+        return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    # a single saved Dataset has no split names: only the slice applies
+    name = instruction._relative_instructions[0].splitname
+    (spec,) = instruction.to_absolute({name: len(loaded)})
+    return loaded.select(range(spec.from_, spec.to))
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers -> plain lists/dicts, as `datasets` expects."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+def _roots(path: str, data_dir: str | None, data_files: Any) -> tuple[str, ...]:
+    """Where image paths stored in the dataset may lead: its own folders and the HF cache."""
+    import datasets
+
+    roots = [datasets.config.HF_DATASETS_CACHE]
+    roots += [p for p in (path, data_dir) if p and os.path.isdir(p)]
+    files = _plain(data_files)
+    if isinstance(files, dict):
+        files = [f for v in files.values() for f in ([v] if isinstance(v, str) else v)]
+    for f in [files] if isinstance(files, str) else files or []:
+        roots.append(os.path.dirname(os.path.abspath(f)))
+    return tuple(os.path.realpath(r) for r in roots)
+
+
+def check_labels(
+    table: Any, *, column: str | None, num_classes: int, rows: range, first_index: int
+) -> None:
+    """Fail before inference on a label outside 0..num_classes-1 (-1 and null mean unknown)."""
+    import pyarrow.compute as pc
+
+    if column is None or not rows:
+        return
+    labels = table.with_format("arrow")[column]
+    labels = labels.slice(rows.start, len(rows))
+    labels = labels.combine_chunks() if hasattr(labels, "combine_chunks") else labels
+    bad = pc.and_(
+        pc.not_equal(labels, -1),
+        pc.or_(pc.less(labels, 0), pc.greater_equal(labels, num_classes)),
+    )
+    first = pc.index(pc.fill_null(bad, False), True).as_py()
+    if first >= 0:
+        raise UserError(
+            f"Label {labels[first].as_py()} at row {first_index + first} is outside "
+            f"0..{num_classes - 1} (-1 or null mean unknown); check dataset.label_column"
+        )
+
+
+# ------------------------------------------------------------- preprocessing
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The model's eval transform, split in two: uint8 crop in the worker, normalize on device."""
+
+    resize_size: list[int]
+    crop_size: list[int]
+    interpolation: InterpolationMode
+    mean: list[float]
+    std: list[float]
+
+    @classmethod
+    def from_transforms(cls, transforms: Any) -> Preprocess:
+        """Take the numbers from a torchvision `weights.transforms()`; never hand-typed."""
+        return cls(
+            resize_size=list(transforms.resize_size),
+            crop_size=list(transforms.crop_size),
+            interpolation=transforms.interpolation,
+            mean=list(transforms.mean),
+            std=list(transforms.std),
+        )
+
+    def crop(self, image: Image.Image) -> torch.Tensor:
+        """RGB PIL image -> uint8 (3, crop, crop), with the very calls of `ImageClassification`."""
+        image = F.resize(image, self.resize_size, interpolation=self.interpolation, antialias=True)
+        return F.pil_to_tensor(F.center_crop(image, self.crop_size))
+
+    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, H, W) on any device -> normalized float32, as the reference computes it."""
+        return F.normalize(F.convert_image_dtype(batch, torch.float), mean=self.mean, std=self.std)
+
+
+# ------------------------------------------------------------------- decoding
+
+
+def open_rgb(image: Any, roots: tuple[str, ...]) -> Image.Image:
+    """Decode an `Image(decode=False)` value ({bytes, path}) to an RGB PIL image.
+
+    Like torchvision's ImageFolder loader (which the published accuracies come
+    from): `convert("RGB")`, no EXIF rotation.
+    """
+    data, path = (
+        (image.get("bytes"), image.get("path")) if isinstance(image, dict) else (image, None)
+    )
+    if data is None:
+        if not path:
+            raise ValueError("no image bytes and no path")
+        real = os.path.realpath(path)
+        if not any(real == r or real.startswith(r + os.sep) for r in roots):
+            raise ValueError("path outside the dataset")
+        with open(real, "rb") as f:
+            data = f.read()
+    if len(data) == 0:
+        raise ValueError("empty file")
+    with warnings.catch_warnings():
+        # Pillow only warns between its limit and twice it; a bomb is a bomb
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", message="Palette images with Transparency")
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # convert("RGB") would clip 16-bit values at 255; scale them instead
+        img = img.point(lambda v: v / 256).convert("L")
+    return img.convert("RGB")
+
+
+def error_reason(e: Exception) -> str:
+    """A short, stable reason for the `error` column."""
+    if isinstance(e, UnidentifiedImageError):
+        return "not an image, or a format Pillow cannot read"
+    if isinstance(e, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        return (
+            f"decompression bomb: {str(e).split('pixels')[0].strip()} pixels, over Pillow's limit"
+        )
+    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return (
+        f"{message}"[:200]
+        if isinstance(e, ValueError | OSError)
+        else f"{type(e).__name__}: {message}"[:200]
+    )
+
+
+# -------------------------------------------------------------- the dataset
+
+
+class EvalDataset(torch.utils.data.Dataset):
+    """Rows `rows` of an HF table as items {index, id, label, image (uint8) | None, error}."""
+
+    def __init__(
+        self,
+        table: Any,
+        *,
+        rows: range,
+        first_index: int,
+        image_column: str,
+        label_column: str | None,
+        id_column: str | None,
+        preprocess: Preprocess,
+        roots: tuple[str, ...],
+    ) -> None:
+        self.table, self.rows, self.first_index = table, rows, first_index
+        self.image_column, self.label_column, self.id_column = image_column, label_column, id_column
+        self.preprocess, self.roots = preprocess, roots
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        return self.__getitems__([position])[0]
+
+    def __getitems__(self, positions: list[int]) -> list[dict[str, Any]]:
+        columns = [c for c in (self.image_column, self.label_column, self.id_column) if c]
+        batch = self.table.select_columns(columns)[[self.rows[p] for p in positions]]
+        return [self._item(p, batch, j) for j, p in enumerate(positions)]
+
+    def _item(self, position: int, batch: dict[str, list], j: int) -> dict[str, Any]:
+        image = batch[self.image_column][j]
+        label = batch[self.label_column][j] if self.label_column else None
+        item: dict[str, Any] = {
+            "index": self.first_index + self.rows[position] - self.rows.start,
+            "id": self._id(batch, j, image),
+            "label": None if label is None or label == -1 else int(label),
+            "image": None,
+            "error": None,
+        }
+        try:
+            item["image"] = self.preprocess.crop(open_rgb(image, self.roots))
+        except Exception as e:  # any decoder failure is a data fault, recorded per row
+            item["error"] = error_reason(e)
+        return item
+
+    def _id(self, batch: dict[str, list], j: int, image: Any) -> str | None:
+        if self.id_column:
+            value = batch[self.id_column][j]
+            return None if value is None else str(value)
+        path = image.get("path") if isinstance(image, dict) else None
+        for root in self.roots[1:]:  # relative to the dataset's own folder when inside it
+            if path and os.path.realpath(path).startswith(root + os.sep):
+                return os.path.relpath(os.path.realpath(path), root)
+        return path
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the crops of the decodable items; keep every item's metadata, in order."""
+    ok = torch.tensor([it["image"] is not None for it in items], dtype=torch.bool)
+    crops = [it["image"] for it in items if it["image"] is not None]
+    return {
+        "index": torch.tensor([it["index"] for it in items], dtype=torch.int64),
+        "id": [it["id"] for it in items],
+        "label": [it["label"] for it in items],
+        "error": [it["error"] for it in items],
+        "ok": ok,
+        "image": torch.stack(crops) if crops else torch.empty(0, dtype=torch.uint8),
+    }
+
+
+def make_loader(
+    dataset: EvalDataset, *, batch_size: int, num_workers: int, pin_memory: bool
+) -> DataLoader:
+    """In-order, multi-worker DataLoader of collated batches."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if num_workers else None,
+    )
+
+
+def iter_batches(
+    split: Split,
+    *,
+    start: int,
+    stop: int | None,
+    batch_size: int,
+    num_workers: int,
+    pin_memory: bool,
+    chunk_rows: int,
+    num_classes: int,
+    **item_args: Any,
+) -> Iterator[dict[str, Any]]:
+    """Batches of rows start..stop of the split, in split order.
+
+    A map-style split feeds one DataLoader. A streamed split is read in chunks
+    of `chunk_rows` raw (undecoded) rows, each decoded by its own DataLoader,
+    so workers decode while memory stays at one chunk. Labels are checked
+    before the rows they belong to are scored.
+    """
+    if split.num_rows is not None:
+        end = split.num_rows if stop is None else min(stop, split.num_rows)
+        chunks: Iterator[tuple[int, Any, range]] = iter([(start, split.table, range(start, end))])
+    else:
+        chunks = _stream_chunks(split.table, start=start, stop=stop, chunk_rows=chunk_rows)
+    for first, table, rows in chunks:
+        check_labels(
+            table,
+            column=item_args["label_column"],
+            num_classes=num_classes,
+            rows=rows,
+            first_index=first,
+        )
+        dataset = EvalDataset(table, rows=rows, first_index=first, roots=split.roots, **item_args)
+        yield from make_loader(
+            dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory
+        )
+
+
+def _stream_chunks(
+    table: Any, *, start: int, stop: int | None, chunk_rows: int
+) -> Iterator[tuple[int, Any, range]]:
+    """(first index, in-memory Dataset, its rows) for consecutive chunks of a streamed split."""
+    import datasets
+
+    stream = table.skip(start) if start else table
+    if stop is not None:
+        stream = stream.take(stop - start)
+    first = start
+    for raw in stream.iter(batch_size=chunk_rows):
+        chunk = datasets.Dataset.from_dict(raw, features=table.features)
+        yield first, chunk, range(len(chunk))
+        first += len(chunk)

@@ -1,0 +1,188 @@
+"""The model: a torchvision classifier with its weights, on a device.
+
+Weights come from torchvision's weights API (cached under `$TORCH_HOME`, so a
+pre-staged file works offline), from a local checkpoint (`.pth` state_dict
+read with `weights_only=True`, or `.safetensors`), or nowhere (random init).
+The preprocessing and class names always come from the architecture's
+torchvision weights enum, never from hand-typed numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import urllib.error
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+from pipeline.config import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    arch: str
+    weights: str  # the enum name, the checkpoint path, or "none"
+    sha256: str | None  # of the file the weights were read from
+    categories: list[str]
+    transforms: Any  # torchvision's eval transform for this architecture
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto | cpu | cuda | cuda:N | mps -> a device that exists here, or a UserError."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    valid = "auto, cpu, cuda, cuda:N, mps"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"Unknown device '{name}'; valid: {valid}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"device={name} but CUDA is not available here; use device=cpu")
+        if device.index is not None and device.index >= count:
+            raise UserError(
+                f"device={name} but only {count} GPU(s) found: cuda:0..cuda:{count - 1}"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device={name} but MPS is not available here; use device=cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"Unknown device '{name}'; valid: {valid}")
+    return device
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """auto | off | fp16 | bf16 -> the autocast dtype (None: fp32). auto = fp16 on CUDA only."""
+    if amp == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    if amp == "off":
+        return None
+    if amp == "fp16" and device.type == "cpu":
+        raise UserError("amp=fp16 needs a GPU; on cpu use amp=bf16 or amp=off")
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}[amp]
+
+
+def load_model(*, arch: str, weights: str, sha256: str | None) -> LoadedModel:
+    """Build `arch` and load `weights` (enum name | checkpoint path | none) on the CPU."""
+    available = torchvision.models.list_models(module=torchvision.models)
+    if arch not in available:
+        raise UserError(
+            f"Unknown model.arch '{arch}'; torchvision classifiers: {', '.join(available)}"
+        )
+    enum = torchvision.models.get_model_weights(arch)
+    default = enum.DEFAULT
+    torch.manual_seed(0)  # weights=none: the same random model in every process and run
+    model = torchvision.models.get_model(arch, weights=None)
+    file_sha = None
+    if weights.lower() == "none":
+        log.warning("model.weights=none: random weights, accuracy is meaningless (smoke run)")
+    elif weights in enum.__members__:
+        state_dict, file_sha = _from_torchvision(enum[weights], sha256)
+        default = enum[weights]
+        _load_state(model, state_dict, weights)
+    else:
+        state_dict, file_sha = _from_file(weights, sha256, valid=list(enum.__members__))
+        _load_state(model, state_dict, weights)
+    return LoadedModel(
+        model=model.eval(),
+        arch=arch,
+        weights=weights,
+        sha256=file_sha,
+        categories=list(default.meta["categories"]),
+        transforms=default.transforms(),
+    )
+
+
+def _from_torchvision(entry: Any, sha256: str | None) -> tuple[dict, str | None]:
+    """The torchvision weights API: `$TORCH_HOME/hub/checkpoints/<file>`, downloaded if missing."""
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(entry.url))
+    if sha256 and os.path.exists(cached):
+        _check_sha256(cached, sha256)
+    try:
+        state_dict = entry.get_state_dict(progress=True, check_hash=True)
+    except (urllib.error.URLError, OSError, RuntimeError) as e:
+        if os.path.exists(cached):
+            raise UserError(f"Could not read cached weights {cached}: {e}") from e
+        raise UserError(
+            f"Weights {entry} are not cached and could not be downloaded ({type(e).__name__}). "
+            f"Pre-stage them: copy {os.path.basename(entry.url)} to {os.path.dirname(cached)}/ "
+            f"(set TORCH_HOME to choose the folder), or pass model.weights=PATH"
+        ) from e
+    return state_dict, file_sha256(cached)
+
+
+def _from_file(path: str, sha256: str | None, *, valid: list[str]) -> tuple[dict, str]:
+    """A local checkpoint: safetensors, or a state_dict read with `weights_only=True`."""
+    if not os.path.isfile(path):
+        raise UserError(
+            f"model.weights='{path}' is neither a weights name ({', '.join(valid)}, none) "
+            f"nor an existing file"
+        )
+    digest = _check_sha256(path, sha256) if sha256 else file_sha256(path)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path), digest
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError and friends: refuse, never run it
+        raise UserError(
+            f"Refusing to load {path}: not a plain state_dict ({str(e).splitlines()[0]}). "
+            f"Save it with torch.save(model.state_dict()) or as .safetensors"
+        ) from None
+    for key in ("state_dict", "model"):  # common training-checkpoint wrappers
+        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path} holds a {type(loaded).__name__}, not a state_dict")
+    return {k.removeprefix("module."): v for k, v in loaded.items()}, digest
+
+
+def _load_state(model: nn.Module, state_dict: dict, source: str) -> None:
+    """load_state_dict, with one line saying what does not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [
+        f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and hasattr(v, "shape") and v.shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        first = (shapes or missing or unexpected)[0]
+        raise UserError(
+            f"Weights {source} do not fit the model: {len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(shapes)} wrong shape(s) (e.g. {first})"
+        )
+    model.load_state_dict(state_dict)
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_sha256(path: str, expected: str) -> str:
+    actual = file_sha256(path)
+    if actual != expected.lower():
+        raise UserError(f"sha256 of {path} is {actual}, expected {expected} (model.sha256)")
+    return actual
+
+
+def place(model: nn.Module, device: torch.device, *, channels_last: bool) -> nn.Module:
+    """Move to the device; channels_last suits convolutions on both CPU and GPU."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
