@@ -94,21 +94,18 @@ def _load_saved(path: str, split: str) -> Any:
 
     loaded = datasets.load_from_disk(path)
     instruction = datasets.ReadInstruction.from_spec(split)
-    if isinstance(loaded, datasets.DatasetDict):
-        names = {ins.splitname for ins in instruction._relative_instructions}
-        unknown = names - set(loaded)
-        if unknown:
-            raise UserError(f"Unknown split '{split}' in {path}; splits: {', '.join(loaded)}")
-        sizes = {name: len(ds) for name, ds in loaded.items()}
-        parts = [
-            loaded[spec["filename"]].select(range(spec["from_"], spec["to"]))
-            for spec in (vars(a) for a in instruction.to_absolute(sizes))
-        ]
-        return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-    # a single saved Dataset has no split names: only the slice applies
-    name = instruction._relative_instructions[0].splitname
-    (spec,) = instruction.to_absolute({name: len(loaded)})
-    return loaded.select(range(spec.from_, spec.to))
+    names = [ins.splitname for ins in instruction._relative_instructions]
+    if not isinstance(loaded, datasets.DatasetDict):
+        # a single saved Dataset has no split names: only the slice applies
+        loaded = datasets.DatasetDict({name: loaded for name in names})
+    unknown = set(names) - set(loaded)
+    if unknown:
+        raise UserError(f"Unknown split '{split}' in {path}; splits: {', '.join(loaded)}")
+    sizes = {name: len(ds) for name, ds in loaded.items()}
+    parts = [
+        loaded[a.splitname].select(range(a.from_, a.to)) for a in instruction.to_absolute(sizes)
+    ]
+    return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
 def _plain(value: Any) -> Any:

@@ -1,0 +1,97 @@
+"""Tiny datasets and checkpoints built on the spot: the tests download nothing."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from helpers import LABELS, hub_dataset, hub_rows, jpeg, photo
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from PIL import Image
+
+from pipeline.config import Config, register
+from pipeline.run import CONF_DIR
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No test may reach a hub; each session gets its own HF and torch caches."""
+    cache = tmp_path_factory.getbasetemp() / "caches"
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(cache / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(cache / "torch"))
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache / "hf" / "datasets")
+
+
+@pytest.fixture
+def images() -> list[Image.Image]:
+    """The fixture photos, decoded from their JPEG bytes (what the pipeline will see)."""
+    return [Image.open(io.BytesIO(jpeg(photo(i)))).convert("RGB") for i in range(len(LABELS))]
+
+
+@pytest.fixture
+def imagefolder(tmp_path: Path) -> Path:
+    """A folder of class subfolders; labels are the sorted folder names' positions."""
+    root = tmp_path / "folder"
+    for i, _ in enumerate(LABELS):
+        d = root / f"class{i % 3}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"img{i:02d}.jpg").write_bytes(jpeg(photo(i)))
+    return root
+
+
+@pytest.fixture
+def parquet_file(tmp_path: Path) -> Path:
+    """Hub-style Parquet: an `image` struct of bytes/path and an int `label`."""
+    path = tmp_path / "val.parquet"
+    hub_dataset(hub_rows()).to_parquet(path)
+    return path
+
+
+@pytest.fixture
+def saved_dir(tmp_path: Path) -> Path:
+    """A `save_to_disk` DatasetDict with a validation split."""
+    import datasets
+
+    path = tmp_path / "saved"
+    datasets.DatasetDict({"validation": hub_dataset(hub_rows())}).save_to_disk(path)
+    return path
+
+
+@pytest.fixture
+def peaked_checkpoint(tmp_path: Path) -> Path:
+    """AlexNet with random weights whose last layer is scaled up, so top-5 has clear gaps."""
+    torch.manual_seed(1)
+    model = torchvision.models.alexnet()
+    with torch.no_grad():
+        model.classifier[6].weight.mul_(200)
+    path = tmp_path / "peaked.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Callable[..., Config]:
+    """Compose the real conf/ with overrides, shrunk for tests: cpu, 0 workers, no bar."""
+
+    def make(*overrides: str) -> Config:
+        register()
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            base = ["device=cpu", "num_workers=0", "progress=false", "batch_size=4"]
+            cfg = compose("config", overrides=[*base, *overrides])
+        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+    return make
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent

@@ -1,0 +1,53 @@
+"""The Hydra config: every file composes, and mistakes fail naming what is valid."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+from pipeline.config import Amp, Config, UserError, check_override_keys, schema_keys
+from pipeline.run import CONF_DIR
+
+REQUIRED = {  # values for the ??? fields of groups that have them
+    "imagefolder": ["dataset.path=/data/val"],
+    "parquet": ["dataset.data_files=/data/*.parquet"],
+    "disk": ["dataset.path=/data/saved"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml")))
+def test_every_dataset_config_composes(config, name):
+    """Each file in conf/dataset/ composes into the typed schema."""
+    cfg = config(f"dataset={name}", *REQUIRED.get(name, []))
+    assert isinstance(cfg, Config) and cfg.dataset.path
+
+
+def test_defaults_are_the_documented_ones(config):
+    """The defaults: the bundled sample, AlexNet IMAGENET1K_V1, auto amp, pil backend."""
+    cfg = config()
+    assert cfg.dataset.path == "parquet" and cfg.dataset.data_files.endswith("sample.parquet")
+    assert (cfg.model.arch, cfg.model.weights) == ("alexnet", "IMAGENET1K_V1")
+    assert cfg.amp is Amp.auto and cfg.limit is None
+
+
+def test_mistyped_key_names_the_valid_keys():
+    """A key the schema lacks fails with a did-you-mean and the list of valid keys."""
+    with pytest.raises(UserError, match=r"'batchsize'.*Did you mean 'batch_size'.*Valid keys:.*"):
+        check_override_keys(["batchsize=3"])
+    check_override_keys(["batch_size=3", "dataset=imagenet-val", "dataset.split=x", "+foo=1"])
+    assert "dataset.image_column" in schema_keys()
+
+
+def test_wrong_type_fails_at_compose(config):
+    """A value of the wrong type is refused when the config is composed."""
+    with pytest.raises(ConfigCompositionException) as e:
+        config("batch_size=many")
+    assert isinstance(e.value.__cause__, ValidationError)
+
+
+def test_closed_choices_list_their_values(config):
+    """amp takes one of a closed set, and the error lists it."""
+    with pytest.raises(ConfigCompositionException) as e:
+        config("amp=fp8")
+    assert "auto, off, fp16, bf16" in str(e.value.__cause__)

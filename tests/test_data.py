@@ -1,0 +1,166 @@
+"""The data stage: loading splits, decoding every image mode, the exact preprocessing."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from helpers import LABELS, jpeg, photo
+from PIL import Image
+from torchvision.models import AlexNet_Weights
+
+from pipeline import data
+from pipeline.config import UserError
+
+WEIGHTS = AlexNet_Weights.IMAGENET1K_V1
+
+
+def load(path: str, **kwargs) -> data.Split:
+    args = dict(
+        name=None,
+        split="train",
+        revision=None,
+        data_dir=None,
+        data_files=None,
+        streaming=False,
+        image_column="image",
+        label_column="label",
+        id_column=None,
+    )
+    return data.load_split(path=path, **{**args, **kwargs})
+
+
+def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **kwargs)
+    return out.getvalue()
+
+
+def test_preprocess_matches_weights_transforms_exactly(images):
+    """uint8 crop in the worker + normalize after the copy == weights.transforms(), bit for bit."""
+    pre = data.Preprocess.from_transforms(WEIGHTS.transforms())
+    for image in images[:4]:
+        ours = pre.normalize(pre.crop(image)[None])[0]
+        assert torch.equal(ours, WEIGHTS.transforms()(image))
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [("L", "PNG"), ("CMYK", "JPEG"), ("RGBA", "PNG"), ("LA", "PNG"), ("P", "PNG"), ("RGB", "WEBP")],
+)
+def test_every_mode_decodes_to_rgb_like_pil_convert(mode, fmt):
+    """Grayscale, CMYK, alpha and palette images decode to RGB as PIL's convert('RGB') does."""
+    source = photo(0).convert(mode)
+    raw = encoded(source, fmt)
+    got = data.open_rgb({"bytes": raw, "path": None}, roots=())
+    assert got.mode == "RGB"
+    assert np.array_equal(np.asarray(got), np.asarray(Image.open(io.BytesIO(raw)).convert("RGB")))
+
+
+def test_16_bit_images_are_scaled_not_clipped():
+    """A 16-bit grayscale PNG maps to 8 bits by its high byte instead of saturating at 255."""
+    values = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).astype(np.uint16)
+    raw = encoded(Image.fromarray(values), "PNG")
+    got = np.asarray(data.open_rgb({"bytes": raw, "path": None}, roots=()))
+    assert got[..., 0].max() == values.max() >> 8
+    assert np.array_equal(got[..., 0], got[..., 2])
+
+
+def test_imagefolder_loads_with_paths_as_ids(imagefolder):
+    """A plain folder of class subfolders loads; ids are file paths relative to it."""
+    split = load(str(imagefolder))
+    assert split.num_rows == len(LABELS)
+    pre = data.Preprocess.from_transforms(WEIGHTS.transforms())
+    ds = data.EvalDataset(
+        split.table,
+        rows=range(split.num_rows),
+        first_index=0,
+        image_column="image",
+        label_column="label",
+        id_column=None,
+        preprocess=pre,
+        roots=split.roots,
+    )
+    item = ds[0]
+    assert item["error"] is None and item["image"].shape == (3, 224, 224)
+    assert item["id"].startswith("class0/") and item["label"] == 0
+
+
+def test_parquet_slice_and_save_to_disk_agree(parquet_file, saved_dir):
+    """`split[a:b]` slicing works for Parquet files and for save_to_disk folders alike."""
+    a = load("parquet", data_files=str(parquet_file), split="train[2:5]")
+    b = load(str(saved_dir), split="validation[2:5]")
+    assert a.num_rows == b.num_rows == 3
+    assert a.table["label"] == b.table["label"] == LABELS[2:5]
+
+
+def test_missing_column_lists_the_columns(parquet_file):
+    """A wrong column name fails with one line listing the columns present."""
+    with pytest.raises(UserError, match=r"Column 'img'.*columns present: image, label"):
+        load("parquet", data_files=str(parquet_file), image_column="img")
+
+
+def test_unknown_split_in_saved_dataset_names_the_splits(saved_dir):
+    """Asking a save_to_disk DatasetDict for a split it lacks names the splits it has."""
+    with pytest.raises(UserError, match="splits: validation"):
+        load(str(saved_dir), split="test")
+
+
+def test_missing_dataset_is_one_clear_error(tmp_path):
+    """A dataset that cannot be found is a UserError naming the path."""
+    with pytest.raises(UserError, match="Could not load dataset"):
+        load(str(tmp_path / "nope"))
+
+
+def test_label_outside_classes_names_the_row(parquet_file):
+    """A label outside 0..999 fails before inference, naming its row; -1 is allowed."""
+    from helpers import hub_dataset, hub_rows
+
+    rows = hub_rows(4)
+    rows["label"] = [1, -1, 1000, 2]
+    split = data.Split(table=hub_dataset(rows), num_rows=4, roots=())
+    with pytest.raises(UserError, match="Label 1000 at row 2"):
+        data.check_labels(
+            split.table, column="label", num_classes=1000, rows=range(4), first_index=0
+        )
+    data.check_labels(split.table, column="label", num_classes=1000, rows=range(2), first_index=0)
+
+
+def test_streaming_yields_the_same_batches_as_map_style(parquet_file):
+    """A streamed split, read in chunks, gives the same rows in the same order as a loaded one."""
+    pre = data.Preprocess.from_transforms(WEIGHTS.transforms())
+    common = dict(
+        batch_size=5,
+        num_workers=0,
+        pin_memory=False,
+        chunk_rows=4,
+        num_classes=1000,
+        image_column="image",
+        label_column="label",
+        id_column=None,
+        preprocess=pre,
+    )
+    out = []
+    for streaming in (False, True):
+        split = load("parquet", data_files=str(parquet_file), streaming=streaming)
+        batches = list(data.iter_batches(split, start=1, stop=11, **common))
+        out.append(
+            (
+                torch.cat([b["index"] for b in batches]).tolist(),
+                torch.cat([b["image"] for b in batches]),
+            )
+        )
+    assert out[0][0] == out[1][0] == list(range(1, 11))
+    assert torch.equal(out[0][1], out[1][1])
+
+
+def test_path_outside_the_dataset_is_not_opened(tmp_path):
+    """An image whose stored path points outside the dataset's folders is an error, not a read."""
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(jpeg(photo(1)))
+    with pytest.raises(ValueError, match="outside the dataset"):
+        data.open_rgb({"bytes": None, "path": str(secret)}, roots=(str(tmp_path / "ds"),))
+    inside = data.open_rgb({"bytes": None, "path": str(secret)}, roots=(str(tmp_path),))
+    assert inside.size == (180, 140)

@@ -1,0 +1,145 @@
+"""The model stage: every way to get weights, and one clear error for each way it fails."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+
+import pytest
+import torch
+import torchvision
+from safetensors.torch import save_file
+
+from pipeline import model
+from pipeline.config import UserError
+from pipeline.model import load_model
+
+VALID_SHA = "0" * 64
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_none_is_random_init_with_a_warning(caplog):
+    """weights=none builds the model, warns that accuracy is meaningless, and is reproducible."""
+    with caplog.at_level(logging.WARNING):
+        a = load_model(arch="alexnet", weights="none", sha256=None)
+    b = load_model(arch="alexnet", weights="none", sha256=None)
+    assert "meaningless" in caplog.text
+    assert torch.equal(a.model.features[0].weight, b.model.features[0].weight)
+    assert len(a.categories) == 1000 and a.categories[281] == "tabby"
+
+
+def test_pth_checkpoint_loads_with_its_sha256(peaked_checkpoint):
+    """A .pth state_dict loads; its sha256 is checked and recorded."""
+    digest = sha256(peaked_checkpoint)
+    loaded = load_model(arch="alexnet", weights=str(peaked_checkpoint), sha256=digest)
+    expected = torch.load(peaked_checkpoint, weights_only=True)
+    assert torch.equal(loaded.model.classifier[6].weight, expected["classifier.6.weight"])
+    assert loaded.sha256 == digest
+
+
+def test_wrapped_and_ddp_checkpoints_load(tmp_path):
+    """{'state_dict': ...} wrappers and DDP's 'module.' prefixes are unwrapped."""
+    sd = torchvision.models.alexnet().state_dict()
+    path = tmp_path / "ddp.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}, "epoch": 3}, path)
+    loaded = load_model(arch="alexnet", weights=str(path), sha256=None)
+    assert torch.equal(loaded.model.features[0].bias, sd["features.0.bias"])
+
+
+def test_safetensors_checkpoint_loads(tmp_path):
+    """A .safetensors file loads through safetensors, never through pickle."""
+    sd = torchvision.models.alexnet().state_dict()
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, path)
+    loaded = load_model(arch="alexnet", weights=str(path), sha256=None)
+    assert torch.equal(loaded.model.classifier[1].weight, sd["classifier.1.weight"])
+
+
+def test_sha256_mismatch_is_refused_before_loading(peaked_checkpoint):
+    """A checkpoint whose sha256 differs from model.sha256 is refused."""
+    with pytest.raises(UserError, match=r"sha256 of .* expected 0000"):
+        load_model(arch="alexnet", weights=str(peaked_checkpoint), sha256=VALID_SHA)
+
+
+def test_missing_file_names_the_valid_weights(tmp_path):
+    """A weights value that is no name and no file lists the valid names."""
+    with pytest.raises(UserError, match=r"IMAGENET1K_V1.*none"):
+        load_model(arch="alexnet", weights=str(tmp_path / "nope.pth"), sha256=None)
+
+
+def test_wrong_shapes_say_what_does_not_fit(tmp_path):
+    """A checkpoint for another head size fails naming the mismatching tensor."""
+    path = tmp_path / "ten.pth"
+    torch.save(torchvision.models.alexnet(num_classes=10).state_dict(), path)
+    with pytest.raises(UserError, match=r"2 wrong shape.*classifier.6.weight: \(10, 4096\)"):
+        load_model(arch="alexnet", weights=str(path), sha256=None)
+
+
+class Boom:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path):
+    """A checkpoint carrying a pickled callable is refused, and its code never runs."""
+    path, marker = tmp_path / "evil.pth", tmp_path / "pwned"
+    path.write_bytes(pickle.dumps({"features.0.weight": Boom(marker)}, protocol=2))
+    with pytest.raises(UserError, match="Refusing to load"):
+        load_model(arch="alexnet", weights=str(path), sha256=None)
+    assert not marker.exists()
+
+
+def test_prestaged_torchvision_weights_load_offline(tmp_path, monkeypatch):
+    """IMAGENET1K_V1 goes through the weights API and reads a file pre-staged in $TORCH_HOME."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    staged = tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    staged.parent.mkdir(parents=True)
+    torch.save(torchvision.models.alexnet().state_dict(), staged)
+    loaded = load_model(arch="alexnet", weights="IMAGENET1K_V1", sha256=None)
+    assert loaded.sha256 == sha256(staged) and loaded.weights == "IMAGENET1K_V1"
+
+
+def test_unstaged_weights_offline_say_how_to_prestage(tmp_path, monkeypatch):
+    """Without network or cache, the error names the file and folder to pre-stage."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(UserError, match=r"alexnet-owt-7be5be79.pth to .*hub/checkpoints"):
+        load_model(arch="alexnet", weights="IMAGENET1K_V1", sha256=None)
+
+
+def test_unknown_arch_lists_the_choices():
+    """model.arch must be a torchvision classifier; the error lists them."""
+    with pytest.raises(UserError, match=r"alexnet.*resnet50"):
+        load_model(arch="alexnett", weights="none", sha256=None)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asserts the no-GPU error")
+def test_cuda_without_a_gpu_is_one_clear_error():
+    """device=cuda on a machine without CUDA says so and suggests cpu."""
+    with pytest.raises(UserError, match=r"CUDA is not available.*device=cpu"):
+        model.resolve_device("cuda:0")
+
+
+def test_device_and_amp_resolution():
+    """auto picks what exists; amp auto is fp16 on CUDA only; fp16 on CPU is refused."""
+    assert model.resolve_device("cpu").type == "cpu"
+    with pytest.raises(UserError, match="valid: auto, cpu, cuda, cuda:N, mps"):
+        model.resolve_device("tpu")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert model.resolve_amp("auto", cpu) is None
+    assert model.resolve_amp("auto", cuda) is torch.float16
+    assert model.resolve_amp("bf16", cpu) is torch.bfloat16
+    with pytest.raises(UserError, match="amp=fp16 needs a GPU"):
+        model.resolve_amp("fp16", cpu)

@@ -1,0 +1,106 @@
+"""End to end through the real entry points, against the straightforward reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torchvision
+from helpers import LABELS, run_cli
+from torchvision.models import AlexNet_Weights
+
+from pipeline.run import evaluate
+from pipeline.write import SCHEMA
+
+
+def reference(images, checkpoint) -> torch.Tensor:
+    """The loop users write by hand: weights.transforms() + the model, fp32, NCHW."""
+    model = torchvision.models.alexnet()
+    model.load_state_dict(torch.load(checkpoint, weights_only=True))
+    x = torch.stack([AlexNet_Weights.IMAGENET1K_V1.transforms()(im) for im in images])
+    with torch.no_grad():
+        return model.eval()(x).softmax(-1)
+
+
+def test_predictions_equal_the_reference(config, tmp_path, parquet_file, images, peaked_checkpoint):
+    """Same top-5 as the reference loop on the same images; probabilities within float tolerance."""
+    cfg = config(
+        "dataset=parquet",
+        f"dataset.data_files={parquet_file}",
+        f"model.weights={peaked_checkpoint}",
+    )
+    result = evaluate(cfg, tmp_path / "out")
+    got = pd.read_parquet(tmp_path / "out" / "predictions.parquet")
+    probs = reference(images, peaked_checkpoint)
+    ref_p, ref_ids = probs.topk(5)
+    assert got["index"].tolist() == list(range(len(LABELS)))
+    assert np.stack(got["topk"]).tolist() == ref_ids.tolist()
+    np.testing.assert_allclose(np.stack(got["topk_prob"]), ref_p.numpy(), rtol=1e-4, atol=1e-6)
+    top1 = 100 * np.mean(ref_ids[:, 0].numpy() == np.array(LABELS))
+    assert result["top1"] == pytest.approx(top1) and result["n_images"] == len(LABELS)
+
+
+def test_outputs_follow_the_contract(config, tmp_path, imagefolder):
+    """predictions.parquet has the contract schema, a row per image in order; metrics one row."""
+    cfg = config("dataset=imagefolder", f"dataset.path={imagefolder}", "model.weights=none")
+    evaluate(cfg, tmp_path / "out")
+    table = pq.read_table(tmp_path / "out" / "predictions.parquet")
+    assert table.schema.equals(SCHEMA)
+    frame = table.to_pandas()
+    assert frame["index"].tolist() == list(range(len(LABELS)))
+    assert frame["id"].iloc[0] == "class0/img00.jpg" and frame["error"].isna().all()
+    assert (
+        frame["pred_name"].iloc[0]
+        == AlexNet_Weights.IMAGENET1K_V1.meta["categories"][frame["pred"].iloc[0]]
+    )
+    assert (frame["topk"].map(len) == 5).all()
+    metrics = pd.read_parquet(tmp_path / "out" / "metrics.parquet")
+    assert len(metrics) == 1
+    row = metrics.iloc[0]
+    assert (row["n_images"], row["n_scored"], row["n_errors"]) == (len(LABELS), len(LABELS), 0)
+    assert row["device"] == "cpu" and row["weights"] == "none" and row["batch_size"] == 4
+    assert not (tmp_path / "out" / "parts").exists()
+
+
+def test_limit_scores_the_first_n(config, tmp_path, saved_dir):
+    """limit=N scores rows 0..N-1 of the split, here from a save_to_disk folder."""
+    cfg = config("dataset=disk", f"dataset.path={saved_dir}", "model.weights=none", "limit=5")
+    result = evaluate(cfg, tmp_path / "out")
+    assert result["n_images"] == 5
+    frame = pd.read_parquet(tmp_path / "out" / "predictions.parquet")
+    assert frame["label"].tolist() == LABELS[:5]
+
+
+@pytest.mark.slow
+def test_cli_runs_the_bundled_sample(repo_root, tmp_path):
+    """`python -m pipeline model.weights=none` scores the bundled sample offline, with a summary."""
+    out = tmp_path / "run"
+    proc = run_cli(["model.weights=none", f"hydra.run.dir={out}", "num_workers=2"], cwd=repo_root)
+    assert proc.returncode == 0, proc.stderr
+    assert "top-1" in proc.stdout and "img/s" in proc.stdout
+    frame = pd.read_parquet(out / "predictions.parquet")
+    assert len(frame) == 10 and frame["error"].isna().all()
+    assert (out / "metrics.parquet").exists() and (out / ".hydra" / "config.yaml").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["dataset=nope"], "Could not find 'dataset/nope'"),
+        (["batchsize=8"], "Did you mean 'batch_size'"),
+        (["device=cuda:0"], "CUDA is not available"),
+        (["model.weights=/no/such.pth"], "neither a weights name"),
+        (["dataset.image_column=img"], "columns present: image, label, id"),
+    ],
+)
+def test_cli_mistakes_are_one_line_without_traceback(repo_root, tmp_path, args, message):
+    """Each user mistake exits non-zero with a clear message and no traceback."""
+    if args == ["device=cuda:0"] and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = run_cli(["model.weights=none", *args, f"hydra.run.dir={tmp_path}"], cwd=repo_root)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
