@@ -35,9 +35,9 @@ class Backend(str, Enum):
     tensor = "tensor"  # decode + resize on uint8 tensors: faster, within 1 level
 
 
-class OnError(str, Enum):
-    record = "record"  # an undecodable image gets a row with `error` set
-    raise_ = "raise"
+# record: an undecodable image gets a row with `error` set; raise: stop at the first.
+# Functional form because `raise` is a keyword, and OmegaConf matches member names.
+OnError = Enum("OnError", {"record": "record", "raise": "raise"}, type=str)
 
 
 @dataclass
@@ -72,7 +72,7 @@ class Config:
     backend: Backend = Backend.pil
     channels_last: bool = True
     limit: int | None = None  # first N images of the split
-    on_error: OnError = OnError.record
+    on_error: OnError = OnError["record"]  # type: ignore[valid-type]
     commit_rows: int = 4096  # predictions are committed (survive a kill) every this many rows
     output_dir: str | None = None  # null: Hydra's run directory
     progress: bool = True

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -225,15 +226,12 @@ def error_reason(e: Exception) -> str:
     if isinstance(e, UnidentifiedImageError):
         return "not an image, or a format Pillow cannot read"
     if isinstance(e, Image.DecompressionBombError | Image.DecompressionBombWarning):
-        return (
-            f"decompression bomb: {str(e).split('pixels')[0].strip()} pixels, over Pillow's limit"
-        )
+        pixels = re.search(r"(\d+) pixels", str(e))
+        size = f"{pixels[1]} pixels" if pixels else "too many pixels"
+        return f"decompression bomb: {size}, over Pillow's limit of {Image.MAX_IMAGE_PIXELS}"
     message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return (
-        f"{message}"[:200]
-        if isinstance(e, ValueError | OSError)
-        else f"{type(e).__name__}: {message}"[:200]
-    )
+    known = isinstance(e, ValueError | OSError)  # Pillow's own messages say enough
+    return (message if known else f"{type(e).__name__}: {message}")[:200]
 
 
 # -------------------------------------------------------------- the dataset

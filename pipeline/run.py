@@ -72,17 +72,25 @@ def evaluate(cfg: Config, out_dir: Path) -> dict[str, Any]:
     writer = write.PredictionWriter(parts, loaded.categories, commit_rows=cfg.commit_rows)
     total = None if stop is None else stop - resume_at
     t0 = time.perf_counter()
-    scored = score(
-        batches,
-        writer,
-        net,
-        preprocess,
-        device=device,
-        amp=amp,
-        on_error=cfg.on_error.value,
-        progress=tqdm(total=total, unit="img", disable=not cfg.progress, dynamic_ncols=True),
-    )
-    writer.commit()
+    try:
+        scored = score(
+            batches,
+            writer,
+            net,
+            preprocess,
+            device=device,
+            amp=amp,
+            on_error=cfg.on_error.value,
+            progress=tqdm(total=total, unit="img", disable=not cfg.progress, dynamic_ncols=True),
+        )
+    except RuntimeError as e:
+        if "DataLoader worker" not in str(e):
+            raise
+        raise UserError(
+            f"A data worker died ({str(e).splitlines()[0]}). {resume_hint(out_dir)}"
+        ) from e
+    finally:
+        writer.commit()  # what was scored before a failure is kept for the resume
     wall = time.perf_counter() - t0
 
     stop = write.committed(parts, start)
@@ -119,7 +127,16 @@ def score(
                     f"Image at row {int(batch['index'][j])} (id {batch['id'][j]}) "
                     f"could not be decoded: {batch['error'][j]}"
                 )
-            ids, probs, top1, top5 = infer(batch, net, preprocess, device=device, autocast=autocast)
+            try:
+                ids, probs, top1, top5 = infer(
+                    batch, net, preprocess, device=device, autocast=autocast
+                )
+            except torch.OutOfMemoryError:
+                size = len(batch["index"])
+                raise UserError(
+                    f"Out of {device.type} memory at batch_size={size}; "
+                    f"try batch_size={max(size // 2, 1)}"
+                ) from None
             writer.add(
                 write.Scored(
                     index=batch["index"].numpy(),
@@ -164,6 +181,10 @@ def infer(
     labels_t = torch.tensor([-1 if x is None else x for x in labels], device=device)
     top1, top5 = metrics.hits(ids, labels_t)
     return ids.cpu().numpy(), probs.cpu().numpy(), top1.cpu().numpy(), top5.cpu().numpy()
+
+
+def resume_hint(out_dir: Path) -> str:
+    return f"Rows scored so far are kept: run again with output_dir={out_dir} to finish the rest."
 
 
 def resolve_workers(value: str, device: torch.device) -> int:
