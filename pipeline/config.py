@@ -22,6 +22,8 @@ from omegaconf import MISSING, OmegaConf
 class UserError(Exception):
     """A mistake the user can fix; the CLI prints it as one line and exits non-zero."""
 
+    exit_code = 2
+
 
 class Amp(str, Enum):
     auto = "auto"
@@ -62,9 +64,16 @@ class ModelConfig:
 
 
 @dataclass
+class ShardConfig:
+    index: int = 0  # score slice `index` of `count` equal slices (Slurm job arrays)
+    count: int = 1
+
+
+@dataclass
 class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
     batch_size: int = 256
     num_workers: str = "auto"  # auto or a count
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
@@ -91,14 +100,14 @@ def register() -> None:
         OmegaConf.register_new_resolver("pipeline_file", _package_file)
 
 
-GROUPS = {"dataset": DatasetConfig, "model": ModelConfig}
+NESTED = {"dataset": DatasetConfig, "model": ModelConfig, "shard": ShardConfig}
 
 
 def schema_keys() -> list[str]:
     """Every dotted key the schema accepts, e.g. `dataset.split`."""
     keys: list[str] = []
     for f in fields(Config):
-        sub = GROUPS.get(f.name)
+        sub = NESTED.get(f.name)
         keys += [f"{f.name}.{g.name}" for g in fields(sub)] if sub else [f.name]
     return keys
 
@@ -115,7 +124,7 @@ def check_override_keys(overrides: list[str]) -> None:
         if "=" not in override or override[0] in "+~" or override.startswith("hydra"):
             continue
         key = override.split("=", 1)[0].split("@", 1)[0]
-        if key in valid or key in GROUPS or key.startswith("hydra/"):
+        if key in valid or key in ("dataset", "model") or key.startswith("hydra/"):
             continue
         close = difflib.get_close_matches(key, valid, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""

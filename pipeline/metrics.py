@@ -1,12 +1,19 @@
-"""Top-k: per batch on the device, and the run's accuracy from its predictions file."""
+"""Top-k on the device, and the metrics row: accuracy from the predictions file + provenance."""
 
 from __future__ import annotations
 
+import datetime as dt
 import math
+import subprocess
+from pathlib import Path
+from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+
+from pipeline.config import Config
+from pipeline.model import LoadedModel
 
 TOPK = 5
 
@@ -49,3 +56,62 @@ def accuracy(predictions_path: str) -> dict[str, float | int]:
         "top1": percent("correct_top1"),
         "top5": percent("correct_top5"),
     }
+
+
+def provenance(
+    cfg: Config,
+    loaded: LoadedModel,
+    *,
+    device: torch.device,
+    amp: torch.dtype | None,
+    workers: int,
+    started: dt.datetime,
+) -> dict[str, Any]:
+    """The settings and versions that produced the numbers: one metrics row says it all."""
+    import datasets
+    import torchvision
+
+    return {
+        "dataset_path": cfg.dataset.path,
+        "dataset_name": cfg.dataset.name,
+        "split": cfg.dataset.split,
+        "model": loaded.arch,
+        "weights": loaded.weights,
+        "weights_sha256": loaded.sha256,
+        "batch_size": cfg.batch_size,
+        "device": str(device),
+        "amp": str(amp).removeprefix("torch.") if amp else "off",
+        "backend": cfg.backend.value,
+        "num_workers": workers,
+        "limit": cfg.limit,
+        "torch_version": torch.__version__,
+        "torchvision_version": torchvision.__version__,
+        "datasets_version": datasets.__version__,
+        "git_commit": git_commit(),
+        "start_time": started.isoformat(timespec="seconds"),
+    }
+
+
+def git_commit() -> str | None:
+    """The commit of the code that ran, when it runs from a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def reference_accuracy(loaded: LoadedModel, cfg: Config) -> dict[str, float] | None:
+    """torchvision's published ImageNet-1K numbers for these weights, when they apply."""
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(loaded.arch)
+    if loaded.weights not in enum.__members__ or "imagenet-1k" not in cfg.dataset.path.lower():
+        return None
+    return enum[loaded.weights].meta["_metrics"].get("ImageNet-1K")

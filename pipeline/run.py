@@ -6,33 +6,46 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
 import shutil
-import subprocess
+import signal
 import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
-from pipeline import data, metrics, model, write
+from pipeline import data, distributed, metrics, model, transforms, write
 from pipeline.config import Config, UserError
 
 log = logging.getLogger("pipeline")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-def evaluate(cfg: Config, out_dir: Path) -> dict[str, Any]:
-    """Score the configured split and write predictions.parquet + metrics.parquet to out_dir."""
+class Stopped(UserError):
+    """SIGTERM (Slurm's warning before a timeout or preemption): commit and leave."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+def evaluate(cfg: Config, out_dir: Path) -> dict[str, Any] | None:
+    """Score the configured split; write predictions.parquet + metrics.parquet to out_dir.
+
+    Returns the metrics row (None on ranks other than 0 under torchrun).
+    """
     started = dt.datetime.now(dt.timezone.utc)
-    device = model.resolve_device(cfg.device)
+    group, device = distributed.setup(cfg.device)
+    out_dir = Path(group.broadcast(str(out_dir)))  # every rank writes into rank 0's folder
     amp = model.resolve_amp(cfg.amp.value, device)
     workers = resolve_workers(cfg.num_workers, device)
     write.check_writable(out_dir)
@@ -40,21 +53,68 @@ def evaluate(cfg: Config, out_dir: Path) -> dict[str, Any]:
     loaded = model.load_model(
         arch=cfg.model.arch, weights=cfg.model.weights, sha256=cfg.model.sha256
     )
-    net = model.place(loaded.model, device, channels_last=cfg.channels_last)
-    preprocess = data.Preprocess.from_transforms(loaded.transforms)
     split = data.load_split(**asdict(cfg.dataset))
-    start, stop = (
-        0,
-        cfg.limit if split.num_rows is None else min(cfg.limit or split.num_rows, split.num_rows),
-    )
+    whole, mine = distributed.plan_rows(split.num_rows, cfg, group)
+    if group.rank == 0:
+        write.check_resume(out_dir, resume_settings(cfg, loaded, whole, split.num_rows))
+    group.barrier()
+    if (out_dir / "metrics.parquet").exists():
+        print(f"{out_dir} is already complete; nothing to do")
+        return pd.read_parquet(out_dir / "metrics.parquet").iloc[0].to_dict()
 
+    net = model.place(loaded.model, device, channels_last=cfg.channels_last)
+    scored, wall = score_rows(
+        cfg,
+        split,
+        loaded,
+        net,
+        device=device,
+        amp=amp,
+        workers=workers,
+        out_dir=out_dir,
+        rows=mine,
+        show=group.rank == 0,
+    )
+    scored, wall = group.reduce(scored, "sum"), group.reduce(wall, "max")
+    group.barrier()
+    if group.rank != 0:
+        return None
+    extra = metrics.provenance(
+        cfg, loaded, device=device, amp=amp, workers=workers, started=started
+    )
+    extra |= {
+        "world_size": group.world,
+        "shard": f"{cfg.shard.index}/{cfg.shard.count}",
+        "images_per_sec": scored / wall if wall > 0 else 0.0,
+        "wall_seconds": wall,
+    }
+    result = finish(out_dir, whole, extra)
+    print_summary(result, out_dir, reference=metrics.reference_accuracy(loaded, cfg))
+    return result
+
+
+def score_rows(
+    cfg: Config,
+    split: data.Split,
+    loaded: model.LoadedModel,
+    net: torch.nn.Module,
+    *,
+    device: torch.device,
+    amp: torch.dtype | None,
+    workers: int,
+    out_dir: Path,
+    rows: tuple[int, int | None],
+    show: bool,
+) -> tuple[int, float]:
+    """Score rows [start, stop) not yet committed under out_dir/parts; (images scored, seconds)."""
     parts = out_dir / "parts"
-    write.check_resume(parts, resume_settings(cfg, loaded))
+    start, stop = rows
     resume_at = write.committed(parts, start)
     if resume_at > start:
         log.info(
             "resuming at row %d: rows %d..%d are already committed", resume_at, start, resume_at
         )
+    preprocess = transforms.Preprocess.from_transforms(loaded.transforms)
     batches = data.iter_batches(
         split,
         start=resume_at,
@@ -71,18 +131,23 @@ def evaluate(cfg: Config, out_dir: Path) -> dict[str, Any]:
     )
     writer = write.PredictionWriter(parts, loaded.categories, commit_rows=cfg.commit_rows)
     total = None if stop is None else stop - resume_at
+    bar = tqdm(total=total, unit="img", disable=not (cfg.progress and show), dynamic_ncols=True)
     t0 = time.perf_counter()
     try:
-        scored = score(
-            batches,
-            writer,
-            net,
-            preprocess,
-            device=device,
-            amp=amp,
-            on_error=cfg.on_error.value,
-            progress=tqdm(total=total, unit="img", disable=not cfg.progress, dynamic_ncols=True),
-        )
+        with stop_on_sigterm():
+            scored = score(
+                batches,
+                writer,
+                net,
+                preprocess,
+                device=device,
+                amp=amp,
+                on_error=cfg.on_error.value,
+                progress=bar,
+            )
+    except Stopped:
+        writer.commit()
+        raise Stopped(f"Stopped by SIGTERM. {resume_hint(out_dir)}") from None
     except RuntimeError as e:
         if "DataLoader worker" not in str(e):
             raise
@@ -91,25 +156,14 @@ def evaluate(cfg: Config, out_dir: Path) -> dict[str, Any]:
         ) from e
     finally:
         writer.commit()  # what was scored before a failure is kept for the resume
-    wall = time.perf_counter() - t0
-
-    stop = write.committed(parts, start)
-    predictions = out_dir / "predictions.parquet"
-    write.merge_parts([parts], predictions, start=start, stop=stop)
-    result = metrics.accuracy(str(predictions))
-    result |= provenance(cfg, loaded, device=device, amp=amp, workers=workers, started=started)
-    result |= {"images_per_sec": scored / wall if wall > 0 else 0.0, "wall_seconds": wall}
-    write.write_metrics(out_dir / "metrics.parquet", result)
-    shutil.rmtree(parts)
-    print_summary(result, out_dir, reference=reference_accuracy(loaded, cfg))
-    return result
+    return scored, time.perf_counter() - t0
 
 
 def score(
     batches: Any,
     writer: write.PredictionWriter,
     net: torch.nn.Module,
-    preprocess: data.Preprocess,
+    preprocess: transforms.Preprocess,
     *,
     device: torch.device,
     amp: torch.dtype | None,
@@ -158,7 +212,7 @@ def score(
 def infer(
     batch: dict[str, Any],
     net: torch.nn.Module,
-    preprocess: data.Preprocess,
+    preprocess: transforms.Preprocess,
     *,
     device: torch.device,
     autocast: Any,
@@ -166,10 +220,10 @@ def infer(
     """One batch of uint8 crops -> top-k ids, probs and hits, back on the CPU."""
     images = batch["image"].to(device, non_blocking=True)
     if not len(images):
-        empty = np.zeros((0, metrics.TOPK))
+        k = metrics.TOPK
         return (
-            empty.astype(np.int64),
-            empty.astype(np.float32),
+            np.zeros((0, k), np.int64),
+            np.zeros((0, k), np.float32),
             np.zeros(0, bool),
             np.zeros(0, bool),
         )
@@ -181,6 +235,33 @@ def infer(
     labels_t = torch.tensor([-1 if x is None else x for x in labels], device=device)
     top1, top5 = metrics.hits(ids, labels_t)
     return ids.cpu().numpy(), probs.cpu().numpy(), top1.cpu().numpy(), top5.cpu().numpy()
+
+
+def finish(out_dir: Path, rows: tuple[int, int | None], extra: dict[str, Any]) -> dict[str, Any]:
+    """Merge the parts into predictions.parquet, then write metrics.parquet, then drop the parts."""
+    parts = out_dir / "parts"
+    start, stop = rows[0], rows[1] if rows[1] is not None else write.committed(parts, rows[0])
+    predictions = out_dir / "predictions.parquet"
+    write.merge(write.part_spans(parts), predictions, start=start, stop=stop)
+    result = metrics.accuracy(str(predictions)) | extra
+    write.write_metrics(out_dir / "metrics.parquet", result)
+    shutil.rmtree(parts, ignore_errors=True)
+    (out_dir / write.ERROR_FILE).unlink(missing_ok=True)  # left by an earlier, failed attempt
+    return result
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into `Stopped` in the main process, so the loop commits and leaves."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Stopped("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def resume_hint(out_dir: Path) -> str:
@@ -195,85 +276,30 @@ def resolve_workers(value: str, device: torch.device) -> int:
                 f"num_workers={value!r}; valid: auto or a count (0 = decode in-process)"
             )
         return int(value)
-    cores = (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    )
-    return cores if device.type != "cpu" else max(1, cores // 2)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (cores or 1) if device.type != "cpu" else max(1, (cores or 1) // 2)
 
 
-def resume_settings(cfg: Config, loaded: model.LoadedModel) -> dict[str, Any]:
-    """What determines the predictions: resuming under other values would mix results."""
+def resume_settings(
+    cfg: Config, loaded: model.LoadedModel, rows: tuple[int, int | None], num_rows: int | None
+) -> dict[str, Any]:
+    """What determines the predictions: resuming or merging across others would mix results."""
+    dataset = {
+        k: v if isinstance(v, str | int | bool | None) else str(v)
+        for k, v in asdict(cfg.dataset).items()
+    }
     return {
-        "dataset": {
-            k: v if isinstance(v, str | int | bool | None) else str(v)
-            for k, v in asdict(cfg.dataset).items()
-        },
+        "dataset": dataset,
         "model": cfg.model.arch,
         "weights": cfg.model.weights,
         "weights_sha256": loaded.sha256,
         "amp": cfg.amp.value,
         "backend": cfg.backend.value,
         "limit": cfg.limit,
+        "split_rows": num_rows,
+        "shard": [cfg.shard.index, cfg.shard.count],
+        "rows": list(rows),
     }
-
-
-def provenance(
-    cfg: Config,
-    loaded: model.LoadedModel,
-    *,
-    device: torch.device,
-    amp: torch.dtype | None,
-    workers: int,
-    started: dt.datetime,
-) -> dict[str, Any]:
-    """The settings and versions that produced the numbers: one metrics row says it all."""
-    import datasets
-    import torchvision
-
-    return {
-        "dataset_path": cfg.dataset.path,
-        "dataset_name": cfg.dataset.name,
-        "split": cfg.dataset.split,
-        "model": loaded.arch,
-        "weights": loaded.weights,
-        "weights_sha256": loaded.sha256,
-        "batch_size": cfg.batch_size,
-        "device": str(device),
-        "amp": str(amp).removeprefix("torch.") if amp else "off",
-        "backend": cfg.backend.value,
-        "num_workers": workers,
-        "limit": cfg.limit,
-        "torch_version": torch.__version__,
-        "torchvision_version": torchvision.__version__,
-        "datasets_version": datasets.__version__,
-        "git_commit": git_commit(),
-        "start_time": started.isoformat(timespec="seconds"),
-    }
-
-
-def git_commit() -> str | None:
-    """The commit of the code that ran, when it runs from a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def reference_accuracy(loaded: model.LoadedModel, cfg: Config) -> dict[str, float] | None:
-    """torchvision's published ImageNet-1K numbers for these weights, when they apply."""
-    import torchvision
-
-    enum = torchvision.models.get_model_weights(loaded.arch)
-    if loaded.weights not in enum.__members__ or "imagenet-1k" not in cfg.dataset.path.lower():
-        return None
-    return enum[loaded.weights].meta["_metrics"].get("ImageNet-1K")
 
 
 def print_summary(r: dict[str, Any], out_dir: Path, *, reference: dict[str, float] | None) -> None:
@@ -305,7 +331,7 @@ def main() -> None:
         check_override_keys(sys.argv[1:])
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(e.exit_code)
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def run(dcfg: DictConfig) -> None:
@@ -315,6 +341,10 @@ def main() -> None:
             evaluate(cfg, out_dir)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            with contextlib.suppress(OSError):  # for pipeline.summarize: why a sweep job failed
+                (out_dir / write.ERROR_FILE).write_text(f"{e}\n")
+            sys.exit(e.exit_code)
+        finally:
+            distributed.teardown()
 
     run()

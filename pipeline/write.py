@@ -39,13 +39,18 @@ SCHEMA = pa.schema(
 )
 PART = re.compile(r"part-(\d{12})-(\d{12})\.parquet")
 RUN_FILE = "run.json"
+ERROR_FILE = "error.txt"  # the one-line error of a run that failed
 
 
 def replace_atomically(path: Path, write: Any) -> None:
     """Call write(tmp_path), then rename tmp over `path`: the file is whole or absent."""
     tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:  # a full or vanished disk: leave nothing that looks written
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"Cannot write {path}: {e.strerror or e}") from e
 
 
 def check_writable(out_dir: Path) -> None:
@@ -136,46 +141,39 @@ class PredictionWriter:
         )
 
 
+def part_spans(parts_dir: Path) -> list[tuple[int, int, Path]]:
+    """(first, stop, path) of every committed part, in row order."""
+    found = ((PART.fullmatch(p.name), p) for p in parts_dir.glob("part-*.parquet"))
+    return sorted((int(m[1]), int(m[2]), p) for m, p in found if m)
+
+
 def committed(parts_dir: Path, start: int) -> int:
     """The row up to which parts are committed without a gap, starting at `start`."""
-    spans = sorted(
-        (int(m[1]), int(m[2]))
-        for p in parts_dir.glob("part-*.parquet")
-        if (m := PART.fullmatch(p.name))
-    )
     done = start
-    for first, stop in spans:
+    for first, stop, _ in part_spans(parts_dir):
         if first == done:
             done = stop
     return done
 
 
-def merge_parts(parts_dirs: list[Path], out_path: Path, *, start: int, stop: int) -> int:
-    """Concatenate parts covering exactly rows start..stop into one file; returns rows written."""
-    spans = sorted(
-        (int(m[1]), int(m[2]), p)
-        for d in parts_dirs
-        for p in d.glob("part-*.parquet")
-        if (m := PART.fullmatch(p.name))
-    )
+def merge(spans: list[tuple[int, int, Path]], out_path: Path, *, start: int, stop: int) -> None:
+    """Concatenate files holding rows [first, stop) that tile start..stop exactly into one."""
+    spans = sorted(spans)
     expected = start
     for first, stop_, path in spans:
         if first != expected:
             what = "overlap" if first < expected else "gap"
-            raise UserError(
-                f"Parts do not tile rows {start}..{stop}: {what} at row {expected} ({path})"
-            )
+            raise UserError(f"Rows do not tile {start}..{stop}: {what} at row {expected} ({path})")
         expected = stop_
     if expected != stop:
-        raise UserError(f"Parts cover rows {start}..{expected}, expected up to {stop}")
+        raise UserError(f"Rows cover {start}..{expected}, expected {start}..{stop}")
 
     def write(tmp: Path) -> None:
         with pq.ParquetWriter(tmp, SCHEMA) as writer:
-            for _, _, path in spans:
+            for _, _, path in spans:  # one file in memory at a time
                 writer.write_table(pq.read_table(path, schema=SCHEMA))
 
     replace_atomically(out_path, write)
-    return stop - start
 
 
 def write_metrics(path: Path, row: dict[str, Any]) -> None:
@@ -183,9 +181,9 @@ def write_metrics(path: Path, row: dict[str, Any]) -> None:
     replace_atomically(path, lambda tmp: pd.DataFrame([row]).to_parquet(tmp, index=False))
 
 
-def check_resume(parts_dir: Path, settings: dict[str, Any]) -> None:
-    """Record what produced the parts; refuse to add parts made under other settings."""
-    path = parts_dir / RUN_FILE
+def check_resume(out_dir: Path, settings: dict[str, Any]) -> None:
+    """Record what a run folder is for; refuse to continue it under other settings."""
+    path = out_dir / RUN_FILE
     if path.exists():
         before = json.loads(path.read_text())
         diff = [
@@ -195,11 +193,16 @@ def check_resume(parts_dir: Path, settings: dict[str, Any]) -> None:
         ]
         if diff:
             raise UserError(
-                f"{parts_dir.parent} holds a run with other settings ({'; '.join(diff)}); "
-                f"use a new output folder or the same settings to resume"
+                f"{out_dir} holds a run with other settings ({'; '.join(diff)}); "
+                f"use a new output folder, or the same settings to resume"
             )
         return
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    replace_atomically(
-        path, lambda tmp: tmp.write_text(json.dumps(settings, indent=1, sort_keys=True))
-    )
+    text = json.dumps(settings, indent=1, sort_keys=True)
+    replace_atomically(path, lambda tmp: tmp.write_text(text))
+
+
+def read_settings(out_dir: Path) -> dict[str, Any]:
+    path = out_dir / RUN_FILE
+    if not path.exists():
+        raise UserError(f"{out_dir} is not a run folder of this pipeline (no {RUN_FILE})")
+    return json.loads(path.read_text())

@@ -11,7 +11,7 @@ from helpers import LABELS, jpeg, photo
 from PIL import Image
 from torchvision.models import AlexNet_Weights
 
-from pipeline import data
+from pipeline import data, transforms
 from pipeline.config import UserError
 
 WEIGHTS = AlexNet_Weights.IMAGENET1K_V1
@@ -40,7 +40,7 @@ def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
 
 def test_preprocess_matches_weights_transforms_exactly(images):
     """uint8 crop in the worker + normalize after the copy == weights.transforms(), bit for bit."""
-    pre = data.Preprocess.from_transforms(WEIGHTS.transforms())
+    pre = transforms.Preprocess.from_transforms(WEIGHTS.transforms())
     for image in images[:4]:
         ours = pre.normalize(pre.crop(image)[None])[0]
         assert torch.equal(ours, WEIGHTS.transforms()(image))
@@ -54,7 +54,7 @@ def test_every_mode_decodes_to_rgb_like_pil_convert(mode, fmt):
     """Grayscale, CMYK, alpha and palette images decode to RGB as PIL's convert('RGB') does."""
     source = photo(0).convert(mode)
     raw = encoded(source, fmt)
-    got = data.open_rgb({"bytes": raw, "path": None}, roots=())
+    got = transforms.open_rgb({"bytes": raw, "path": None}, roots=())
     assert got.mode == "RGB"
     assert np.array_equal(np.asarray(got), np.asarray(Image.open(io.BytesIO(raw)).convert("RGB")))
 
@@ -63,7 +63,7 @@ def test_16_bit_images_are_scaled_not_clipped():
     """A 16-bit grayscale PNG maps to 8 bits by its high byte instead of saturating at 255."""
     values = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).astype(np.uint16)
     raw = encoded(Image.fromarray(values), "PNG")
-    got = np.asarray(data.open_rgb({"bytes": raw, "path": None}, roots=()))
+    got = np.asarray(transforms.open_rgb({"bytes": raw, "path": None}, roots=()))
     assert got[..., 0].max() == values.max() >> 8
     assert np.array_equal(got[..., 0], got[..., 2])
 
@@ -72,7 +72,7 @@ def test_imagefolder_loads_with_paths_as_ids(imagefolder):
     """A plain folder of class subfolders loads; ids are file paths relative to it."""
     split = load(str(imagefolder))
     assert split.num_rows == len(LABELS)
-    pre = data.Preprocess.from_transforms(WEIGHTS.transforms())
+    pre = transforms.Preprocess.from_transforms(WEIGHTS.transforms())
     ds = data.EvalDataset(
         split.table,
         rows=range(split.num_rows),
@@ -130,7 +130,7 @@ def test_label_outside_classes_names_the_row(parquet_file):
 
 def test_streaming_yields_the_same_batches_as_map_style(parquet_file):
     """A streamed split, read in chunks, gives the same rows in the same order as a loaded one."""
-    pre = data.Preprocess.from_transforms(WEIGHTS.transforms())
+    pre = transforms.Preprocess.from_transforms(WEIGHTS.transforms())
     common = dict(
         batch_size=5,
         num_workers=0,
@@ -161,6 +161,6 @@ def test_path_outside_the_dataset_is_not_opened(tmp_path):
     secret = tmp_path / "secret.jpg"
     secret.write_bytes(jpeg(photo(1)))
     with pytest.raises(ValueError, match="outside the dataset"):
-        data.open_rgb({"bytes": None, "path": str(secret)}, roots=(str(tmp_path / "ds"),))
-    inside = data.open_rgb({"bytes": None, "path": str(secret)}, roots=(str(tmp_path),))
+        transforms.open_rgb({"bytes": None, "path": str(secret)}, roots=(str(tmp_path / "ds"),))
+    inside = transforms.open_rgb({"bytes": None, "path": str(secret)}, roots=(str(tmp_path),))
     assert inside.size == (180, 140)

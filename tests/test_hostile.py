@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from torchvision.models import AlexNet_Weights
 
-from pipeline import data, run
+from pipeline import data, run, transforms
 from pipeline.config import UserError
 
 BOMB_LIMIT = 100_000  # pixels; the test lowers Pillow's limit instead of building a 90 MP image
@@ -208,7 +208,7 @@ def test_dataset_scripts_never_run(tmp_path):
     assert not marker.exists()
 
 
-PRE = data.Preprocess.from_transforms(AlexNet_Weights.IMAGENET1K_V1.transforms())
+PRE = transforms.Preprocess.from_transforms(AlexNet_Weights.IMAGENET1K_V1.transforms())
 
 
 def mutated(seed_bytes: bytes):

@@ -46,7 +46,7 @@ def test_accuracy_counts_only_labeled_scored_rows(tmp_path):
     )
     writer.commit()
     out = tmp_path / "p.parquet"
-    write.merge_parts([parts], out, start=0, stop=5)
+    write.merge(write.part_spans(parts), out, start=0, stop=5)
     r = metrics.accuracy(str(out))
     assert (r["n_images"], r["n_scored"], r["n_errors"], r["n_labeled"]) == (5, 4, 1, 3)
     assert math.isclose(r["top1"], 100 / 3) and math.isclose(r["top5"], 200 / 3)

@@ -1,0 +1,107 @@
+"""One table of all runs of a sweep, printed and written to summary.parquet.
+
+    python -m pipeline.summarize outputs/multirun/DATE/TIME
+
+Every job of the sweep is a row: `done` (with its numbers), `unfinished`
+(rows committed, no metrics yet: killed or still running), `failed: <error>`,
+`no results yet` (started, nothing committed) or `not started`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from pipeline import write
+from pipeline.config import UserError
+
+COLUMNS = [
+    "job",
+    "status",
+    "overrides",
+    "dataset",
+    "split",
+    "batch_size",
+    "device",
+    "amp",
+    "top1",
+    "top5",
+    "n_images",
+    "n_errors",
+    "images_per_sec",
+    "dir",
+]
+
+
+def expected_jobs(sweep_dir: Path) -> list[list[str]]:
+    """The overrides of every job the sweep launched, from Hydra's multirun.yaml."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    task = list(OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides.task)
+    parsed = OverridesParser.create().parse_overrides(task)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def job_row(job_dir: Path, number: int, overrides: list[str]) -> dict[str, Any]:
+    row: dict[str, Any] = {"job": number, "overrides": " ".join(overrides), "dir": str(job_dir)}
+    config = job_dir / ".hydra" / "config.yaml"
+    if config.exists():
+        cfg = OmegaConf.load(config)
+        row |= {
+            "dataset": cfg.dataset.path,
+            "split": cfg.dataset.split,
+            "batch_size": cfg.batch_size,
+            "device": cfg.device,
+            "amp": cfg.amp,
+        }
+    if (job_dir / "metrics.parquet").exists():
+        m = pd.read_parquet(job_dir / "metrics.parquet").iloc[0]
+        keep = ["top1", "top5", "n_images", "n_errors", "images_per_sec", "device", "amp"]
+        return row | {k: m[k] for k in keep} | {"status": "done"}
+    parts = write.part_spans(job_dir / "parts") if (job_dir / "parts").exists() else []
+    if parts:
+        return row | {"status": f"unfinished ({sum(b - a for a, b, _ in parts)} rows committed)"}
+    if (job_dir / write.ERROR_FILE).exists():
+        return row | {"status": f"failed: {(job_dir / write.ERROR_FILE).read_text().strip()}"}
+    return row | {"status": "no results yet" if job_dir.exists() else "not started"}
+
+
+def summarize(sweep_dir: Path) -> pd.DataFrame:
+    """The sweep's table; also written to sweep_dir/summary.parquet."""
+    if not (sweep_dir / "multirun.yaml").exists():
+        raise UserError(f"{sweep_dir} is not a Hydra sweep folder (no multirun.yaml)")
+    jobs = expected_jobs(sweep_dir)
+    table = pd.DataFrame([job_row(sweep_dir / str(i), i, o) for i, o in enumerate(jobs)])
+    table = table.reindex(columns=COLUMNS).astype(
+        {"batch_size": "Int64", "n_images": "Int64", "n_errors": "Int64"}
+    )
+    write.replace_atomically(
+        sweep_dir / "summary.parquet", lambda tmp: table.to_parquet(tmp, index=False)
+    )
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.summarize", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("sweep_dir", type=Path, help="outputs/multirun/DATE/TIME")
+    args = parser.parse_args(argv)
+    try:
+        table = summarize(args.sweep_dir)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    with pd.option_context("display.width", 200, "display.max_colwidth", 60):
+        print(table.drop(columns="dir").to_string(index=False, float_format="%.3f"))
+    print(f"wrote {args.sweep_dir / 'summary.parquet'}")
+
+
+if __name__ == "__main__":
+    main()
