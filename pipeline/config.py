@@ -80,6 +80,7 @@ class Config:
     amp: Amp = Amp.auto  # auto: fp16 on CUDA, off elsewhere
     backend: Backend = Backend.pil
     channels_last: bool = True
+    compile: bool = False  # torch.compile the model (pays off on long GPU runs)
     limit: int | None = None  # first N images of the split
     on_error: OnError = OnError["record"]  # type: ignore[valid-type]
     commit_rows: int = 4096  # predictions are committed (survive a kill) every this many rows

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline.config import UserError
-from pipeline.transforms import Preprocess, error_reason, open_rgb
+from pipeline.transforms import Preprocess, error_reason
 
 SAVED_DATASET_MARKERS = ("dataset_dict.json", "state.json")
 
@@ -189,7 +189,7 @@ class EvalDataset(torch.utils.data.Dataset):
             "error": None,
         }
         try:
-            item["image"] = self.preprocess.crop(open_rgb(image, self.roots))
+            item["image"] = self.preprocess(image, self.roots)
         except Exception as e:  # any decoder failure is a data fault, recorded per row
             item["error"] = error_reason(e)
         return item

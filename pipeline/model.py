@@ -10,9 +10,11 @@ torchvision weights enum, never from hand-typed numbers.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import urllib.error
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,9 +32,13 @@ class LoadedModel:
     model: nn.Module
     arch: str
     weights: str  # the enum name, the checkpoint path, or "none"
-    sha256: str | None  # of the file the weights were read from
+    digest: Future[str] | str | None  # sha256 of the weights file, hashed in the background
     categories: list[str]
     transforms: Any  # torchvision's eval transform for this architecture
+
+    @property
+    def sha256(self) -> str | None:
+        return self.digest.result() if isinstance(self.digest, Future) else self.digest
 
 
 def resolve_device(name: str) -> torch.device:
@@ -81,32 +87,38 @@ def load_model(*, arch: str, weights: str, sha256: str | None) -> LoadedModel:
         )
     enum = torchvision.models.get_model_weights(arch)
     default = enum.DEFAULT
-    torch.manual_seed(0)  # weights=none: the same random model in every process and run
-    model = torchvision.models.get_model(arch, weights=None)
     file_sha = None
     if weights.lower() == "none":
         log.warning("model.weights=none: random weights, accuracy is meaningless (smoke run)")
-    elif weights in enum.__members__:
-        state_dict, file_sha = _from_torchvision(enum[weights], sha256)
-        default = enum[weights]
-        _load_state(model, state_dict, weights)
+        torch.manual_seed(0)  # the same random model in every process and run
+        model = torchvision.models.get_model(arch, weights=None)
     else:
-        state_dict, file_sha = _from_file(weights, sha256, valid=list(enum.__members__))
+        if weights in enum.__members__:
+            default = enum[weights]
+            state_dict, file_sha = _from_torchvision(default, sha256)
+        else:
+            state_dict, file_sha = _from_file(weights, sha256, valid=list(enum.__members__))
+        with torch.device("meta"):  # no random init of tensors about to be replaced
+            model = torchvision.models.get_model(arch, weights=None)
         _load_state(model, state_dict, weights)
+        if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+            model = torchvision.models.get_model(arch, weights=None)  # a buffer not saved
+            model.load_state_dict(state_dict)
     return LoadedModel(
         model=model.eval(),
         arch=arch,
         weights=weights,
-        sha256=file_sha,
+        digest=file_sha,
         categories=list(default.meta["categories"]),
         transforms=default.transforms(),
     )
 
 
-def _from_torchvision(entry: Any, sha256: str | None) -> tuple[dict, str | None]:
+def _from_torchvision(entry: Any, sha256: str | None) -> tuple[dict, Future[str] | str]:
     """The torchvision weights API: `$TORCH_HOME/hub/checkpoints/<file>`, downloaded if missing."""
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(entry.url))
-    if sha256 and os.path.exists(cached):
+    existed = os.path.exists(cached)
+    if sha256 and existed:
         _check_sha256(cached, sha256)
     try:
         state_dict = entry.get_state_dict(progress=True, check_hash=True)
@@ -118,23 +130,27 @@ def _from_torchvision(entry: Any, sha256: str | None) -> tuple[dict, str | None]
             f"Pre-stage them: copy {os.path.basename(entry.url)} to {os.path.dirname(cached)}/ "
             f"(set TORCH_HOME to choose the folder), or pass model.weights=PATH"
         ) from e
-    return state_dict, file_sha256(cached)
+    if sha256 and not existed:  # just downloaded: torchvision checked only a hash prefix
+        _check_sha256(cached, sha256)
+    return state_dict, sha256.lower() if sha256 else hash_in_background(cached)
 
 
-def _from_file(path: str, sha256: str | None, *, valid: list[str]) -> tuple[dict, str]:
+def _from_file(
+    path: str, sha256: str | None, *, valid: list[str]
+) -> tuple[dict, Future[str] | str]:
     """A local checkpoint: safetensors, or a state_dict read with `weights_only=True`."""
     if not os.path.isfile(path):
         raise UserError(
             f"model.weights='{path}' is neither a weights name ({', '.join(valid)}, none) "
             f"nor an existing file"
         )
-    digest = _check_sha256(path, sha256) if sha256 else file_sha256(path)
+    digest = _check_sha256(path, sha256) if sha256 else hash_in_background(path)
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
         return load_file(path), digest
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # pickle.UnpicklingError and friends: refuse, never run it
         raise UserError(
             f"Refusing to load {path}: not a plain state_dict ({str(e).splitlines()[0]}). "
@@ -164,7 +180,15 @@ def _load_state(model: nn.Module, state_dict: dict, source: str) -> None:
             f"Weights {source} do not fit the model: {len(missing)} missing, "
             f"{len(unexpected)} unexpected, {len(shapes)} wrong shape(s) (e.g. {first})"
         )
-    model.load_state_dict(state_dict)
+    model.load_state_dict(state_dict, assign=True)
+
+
+def hash_in_background(path: str) -> Future[str]:
+    """sha256 of a file, computed while the run starts (hashlib releases the GIL)."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(file_sha256, path)
+    pool.shutdown(wait=False)
+    return future
 
 
 def file_sha256(path: str) -> str:
@@ -182,7 +206,13 @@ def _check_sha256(path: str, expected: str) -> str:
     return actual
 
 
-def place(model: nn.Module, device: torch.device, *, channels_last: bool) -> nn.Module:
-    """Move to the device; channels_last suits convolutions on both CPU and GPU."""
+def place(
+    model: nn.Module, device: torch.device, *, channels_last: bool, compile: bool
+) -> nn.Module:
+    """Move to the device; channels_last suits convolutions on CPU and GPU alike."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one input shape: pick the fastest kernels once
     model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if channels_last else model
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if compile else model  # type: ignore[return-value]

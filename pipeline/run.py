@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 import logging
 import os
 import shutil
@@ -62,7 +63,7 @@ def evaluate(cfg: Config, out_dir: Path) -> dict[str, Any] | None:
         print(f"{out_dir} is already complete; nothing to do")
         return pd.read_parquet(out_dir / "metrics.parquet").iloc[0].to_dict()
 
-    net = model.place(loaded.model, device, channels_last=cfg.channels_last)
+    net = model.place(loaded.model, device, channels_last=cfg.channels_last, compile=cfg.compile)
     scored, wall = score_rows(
         cfg,
         split,
@@ -114,7 +115,7 @@ def score_rows(
         log.info(
             "resuming at row %d: rows %d..%d are already committed", resume_at, start, resume_at
         )
-    preprocess = transforms.Preprocess.from_transforms(loaded.transforms)
+    preprocess = transforms.Preprocess.from_transforms(loaded.transforms, cfg.backend.value)
     batches = data.iter_batches(
         split,
         start=resume_at,
@@ -143,10 +144,10 @@ def score_rows(
                 device=device,
                 amp=amp,
                 on_error=cfg.on_error.value,
+                channels_last=cfg.channels_last,
                 progress=bar,
             )
     except Stopped:
-        writer.commit()
         raise Stopped(f"Stopped by SIGTERM. {resume_hint(out_dir)}") from None
     except RuntimeError as e:
         if "DataLoader worker" not in str(e):
@@ -168,73 +169,97 @@ def score(
     device: torch.device,
     amp: torch.dtype | None,
     on_error: str,
+    channels_last: bool,
     progress: tqdm,
 ) -> int:
-    """The inference loop; returns how many images it scored."""
+    """The inference loop; returns how many images it scored.
+
+    Results come back to the CPU one batch late: batch i's top-k is copied
+    and written while batch i+1 runs on the GPU, so the GPU never waits.
+    """
     autocast = torch.autocast(device.type, dtype=amp) if amp else nullcontext()
-    n = 0
-    with torch.inference_mode(), progress:
-        for batch in batches:
-            if on_error == "raise" and not batch["ok"].all():
-                j = int((~batch["ok"]).nonzero()[0])
-                raise UserError(
-                    f"Image at row {int(batch['index'][j])} (id {batch['id'][j]}) "
-                    f"could not be decoded: {batch['error'][j]}"
-                )
-            try:
-                ids, probs, top1, top5 = infer(
-                    batch, net, preprocess, device=device, autocast=autocast
-                )
-            except torch.OutOfMemoryError:
-                size = len(batch["index"])
-                raise UserError(
-                    f"Out of {device.type} memory at batch_size={size}; "
-                    f"try batch_size={max(size // 2, 1)}"
-                ) from None
-            writer.add(
-                write.Scored(
-                    index=batch["index"].numpy(),
-                    id=batch["id"],
-                    label=batch["label"],
-                    error=batch["error"],
-                    ok=batch["ok"].numpy(),
-                    topk=ids,
-                    topk_prob=probs,
-                    top1=top1,
-                    top5=top5,
-                )
-            )
-            n += len(ids)
-            progress.update(len(batch["index"]))
+    dtype = amp if amp and device.type == "cuda" else torch.float32  # normalize in AMP dtype
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    n, pending, buffer = 0, None, None
+    # one autocast for the whole loop: it caches the weights' low-precision copies
+    with torch.inference_mode(), autocast, progress:
+        for batch in itertools.chain(batches, [None]):
+            launched = None
+            if batch is not None:
+                check_decoded(batch, on_error)
+                try:
+                    launched, buffer = launch(
+                        batch, net, preprocess, device, dtype, memory_format, buffer
+                    )
+                except torch.OutOfMemoryError:
+                    if pending is not None:  # keep the batch before it
+                        land(pending, writer, progress)
+                    raise UserError(oom_message(device, len(batch["index"]))) from None
+            if pending is not None:
+                n += land(pending, writer, progress)
+            pending = None if batch is None else (batch, launched)
     return n
 
 
-def infer(
+def oom_message(device: torch.device, size: int) -> str:
+    return f"Out of {device.type} memory at batch_size={size}; try batch_size={max(size // 2, 1)}"
+
+
+def check_decoded(batch: dict[str, Any], on_error: str) -> None:
+    """With on_error=raise, the first undecodable image of a batch ends the run."""
+    if on_error == "raise" and not batch["ok"].all():
+        j = int((~batch["ok"]).nonzero()[0])
+        raise UserError(
+            f"Image at row {int(batch['index'][j])} (id {batch['id'][j]}) "
+            f"could not be decoded: {batch['error'][j]}"
+        )
+
+
+def launch(
     batch: dict[str, Any],
     net: torch.nn.Module,
     preprocess: transforms.Preprocess,
-    *,
     device: torch.device,
-    autocast: Any,
-) -> tuple[np.ndarray, ...]:
-    """One batch of uint8 crops -> top-k ids, probs and hits, back on the CPU."""
+    dtype: torch.dtype,
+    memory_format: torch.memory_format,
+    buffer: torch.Tensor | None,
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
+    """Queue one batch of uint8 crops on the device: (top-k ids, probs, top-1/top-5 hits), and
+    the input buffer to reuse for the next batch."""
     images = batch["image"].to(device, non_blocking=True)
+    ok = batch["ok"].nonzero().flatten().tolist()
+    labels = torch.tensor([-1 if batch["label"][j] is None else batch["label"][j] for j in ok])
     if not len(images):
-        k = metrics.TOPK
-        return (
-            np.zeros((0, k), np.int64),
-            np.zeros((0, k), np.float32),
-            np.zeros(0, bool),
-            np.zeros(0, bool),
+        k, flags = metrics.TOPK, torch.zeros(0, dtype=torch.bool)
+        return (torch.zeros(0, k, dtype=torch.int64), torch.zeros(0, k), flags, flags), buffer
+    x = preprocess.normalize(images, dtype, memory_format, out=buffer)
+    ids, probs = metrics.topk(net(x))
+    return (ids, probs, *metrics.hits(ids, labels.to(device, non_blocking=True))), x
+
+
+def land(
+    pending: tuple[dict[str, Any], tuple[torch.Tensor, ...]],
+    writer: write.PredictionWriter,
+    progress: tqdm,
+) -> int:
+    """Bring a launched batch's results to the CPU and hand them to the writer."""
+    batch, outputs = pending
+    ids, probs, top1, top5 = (t.cpu().numpy() for t in outputs)
+    writer.add(
+        write.Scored(
+            index=batch["index"].numpy(),
+            id=batch["id"],
+            label=batch["label"],
+            error=batch["error"],
+            ok=batch["ok"].numpy(),
+            topk=ids,
+            topk_prob=probs.astype(np.float32),
+            top1=top1,
+            top5=top5,
         )
-    x = preprocess.normalize(images).contiguous(memory_format=torch.channels_last)
-    with autocast:
-        logits = net(x)
-    ids, probs = metrics.topk(logits)
-    labels = [batch["label"][j] for j in batch["ok"].nonzero().flatten().tolist()]
-    labels_t = torch.tensor([-1 if x is None else x for x in labels], device=device)
-    top1, top5 = metrics.hits(ids, labels_t)
-    return ids.cpu().numpy(), probs.cpu().numpy(), top1.cpu().numpy(), top5.cpu().numpy()
+    )
+    progress.update(len(batch["index"]))
+    return len(ids)
 
 
 def finish(out_dir: Path, rows: tuple[int, int | None], extra: dict[str, Any]) -> dict[str, Any]:

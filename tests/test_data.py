@@ -42,8 +42,9 @@ def test_preprocess_matches_weights_transforms_exactly(images):
     """uint8 crop in the worker + normalize after the copy == weights.transforms(), bit for bit."""
     pre = transforms.Preprocess.from_transforms(WEIGHTS.transforms())
     for image in images[:4]:
-        ours = pre.normalize(pre.crop(image)[None])[0]
-        assert torch.equal(ours, WEIGHTS.transforms()(image))
+        for memory_format in (torch.contiguous_format, torch.channels_last):
+            ours = pre.normalize(pre.crop(image)[None], memory_format=memory_format)[0]
+            assert torch.equal(ours, WEIGHTS.transforms()(image))
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,7 @@ GOOD = jpeg(photo(0))
 # (file name, bytes, None if it must be scored, else a piece of the expected error)
 CASES = [
     ("ok.jpg", GOOD, None),
-    ("truncated.jpg", GOOD[: len(GOOD) // 2], "truncated"),
+    ("truncated.jpg", GOOD[: len(GOOD) // 2], "truncated"),  # both backends say so
     ("empty.jpg", b"", "empty file"),
     ("text.jpg", b"no image here, just text\n" * 20, "not an image"),
     ("bomb.png", encode(Image.new("RGB", (500, 500)), "PNG"), "decompression bomb: 250000 pixels"),
@@ -91,12 +91,13 @@ def hostile_folder(tmp_path):
     return ["dataset=imagefolder", f"dataset.path={root}"]
 
 
+@pytest.mark.parametrize("backend", ["pil", "tensor"])
 @pytest.mark.parametrize("form", ["hostile_parquet", "hostile_folder"])
 def test_every_image_gets_one_row_and_errors_are_counted(
-    request, form, config, tmp_path, small_bomb_limit, capsys
+    request, form, backend, config, tmp_path, small_bomb_limit, capsys
 ):
     """Each case gets exactly one row: scored, or with its reason and null predictions."""
-    cfg = config(*request.getfixturevalue(form), "model.weights=none")
+    cfg = config(*request.getfixturevalue(form), "model.weights=none", f"backend={backend}")
     result = run.evaluate(cfg, tmp_path / "out")
     frame = pd.read_parquet(tmp_path / "out" / "predictions.parquet")
     assert frame["index"].tolist() == list(range(len(CASES)))
@@ -144,7 +145,7 @@ def test_dead_worker_is_an_error_not_a_hang(config, tmp_path, parquet_file, monk
     def die(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
 
-    monkeypatch.setattr(data, "open_rgb", die)
+    monkeypatch.setattr(transforms, "read_bytes", die)
     cfg = config("dataset=parquet", f"dataset.data_files={parquet_file}", "model.weights=none")
     cfg.num_workers = "1"
     with pytest.raises(UserError, match=r"A data worker died.*output_dir="):
@@ -155,15 +156,15 @@ def test_out_of_memory_names_the_batch_size_and_keeps_rows(
     config, tmp_path, parquet_file, monkeypatch
 ):
     """OOM suggests a smaller batch size; batches scored before it stay committed."""
-    real_infer, calls = run.infer, []
+    real_launch, calls = run.launch, []
 
-    def infer_then_oom(*args, **kwargs):
+    def launch_then_oom(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
-        return real_infer(*args, **kwargs)
+        return real_launch(*args, **kwargs)
 
-    monkeypatch.setattr(run, "infer", infer_then_oom)
+    monkeypatch.setattr(run, "launch", launch_then_oom)
     cfg = config(
         "dataset=parquet",
         f"dataset.data_files={parquet_file}",

@@ -1,0 +1,91 @@
+"""The fast paths, each checked against the straightforward reference."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from helpers import jpeg, photo
+from PIL import Image
+from torchvision.models import AlexNet_Weights
+
+from pipeline import run, transforms
+
+TRANSFORMS = AlexNet_Weights.IMAGENET1K_V1.transforms()
+PIL_PRE = transforms.Preprocess.from_transforms(TRANSFORMS, "pil")
+FAST_PRE = transforms.Preprocess.from_transforms(TRANSFORMS, "tensor")
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **kwargs)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_tensor_backend_is_within_one_level_of_the_reference(fmt):
+    """Tensor decode + uint8 resize differs from the PIL reference by at most 1 level."""
+    for seed in range(4):
+        raw = encode(photo(seed, (500, 375)), fmt)
+        ref = PIL_PRE({"bytes": raw, "path": None}, ())
+        fast = FAST_PRE({"bytes": raw, "path": None}, ())
+        diff = (ref.int() - fast.int()).abs()
+        assert fast.dtype == torch.uint8 and fast.shape == ref.shape
+        assert diff.max() <= 1, (fmt, seed, int(diff.max()))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        encode(photo(1), "BMP"),
+        encode(photo(2), "TIFF"),
+        jpeg(photo(3).convert("CMYK")),
+        encode(Image.fromarray(np.full((40, 30), 40000, np.uint16)), "PNG"),
+    ],
+    ids=["bmp", "tiff", "cmyk", "16-bit"],
+)
+def test_tensor_backend_hands_other_formats_to_pillow(raw):
+    """Formats and modes the tensor decoders do not take go through Pillow, pixel for pixel."""
+    ref = PIL_PRE({"bytes": raw, "path": None}, ())
+    assert torch.equal(FAST_PRE({"bytes": raw, "path": None}, ()), ref)
+
+
+def test_truncated_jpeg_is_an_error_in_the_tensor_backend_too():
+    """A truncated JPEG is an error row in both backends, not a half-gray image."""
+    good = jpeg(photo(0))
+    with pytest.raises(ValueError, match=r"(?i)truncated|incomplete"):
+        FAST_PRE({"bytes": good[: len(good) // 2], "path": None}, ())
+
+
+def test_low_precision_normalize_is_close_to_fp32():
+    """Normalizing in fp16/bf16 on the device stays within the dtype's precision of fp32."""
+    batch = torch.stack([PIL_PRE.crop(photo(i)) for i in range(3)])
+    ref = PIL_PRE.normalize(batch)
+    for dtype, tol in ((torch.float16, 4e-3), (torch.bfloat16, 3e-2)):
+        got = PIL_PRE.normalize(batch, dtype, torch.channels_last)
+        assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last)
+        assert torch.allclose(got.float(), ref, atol=tol * 3, rtol=tol)
+
+
+def top5(config, tmp_path, name, *overrides):
+    run.evaluate(config(*overrides), tmp_path / name)
+    return np.stack(pd.read_parquet(tmp_path / name / "predictions.parquet")["topk"])
+
+
+def test_fast_settings_agree_with_the_exact_mode(config, tmp_path, parquet_file, peaked_checkpoint):
+    """NCHW, channels_last, the tensor backend and bf16 AMP all give the exact mode's top-1."""
+    data = [
+        "dataset=parquet",
+        f"dataset.data_files={parquet_file}",
+        f"model.weights={peaked_checkpoint}",
+    ]
+    exact = top5(config, tmp_path, "exact", *data)
+    nchw = top5(config, tmp_path, "nchw", *data, "channels_last=false")
+    assert (nchw == exact).all()
+    fast = top5(config, tmp_path, "fast", *data, "backend=tensor")
+    assert (fast[:, 0] == exact[:, 0]).all()
+    bf16 = top5(config, tmp_path, "bf16", *data, "backend=tensor", "amp=bf16")
+    assert (bf16[:, 0] == exact[:, 0]).mean() >= 0.9
