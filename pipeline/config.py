@@ -9,7 +9,6 @@ turns them into keyword arguments.
 from __future__ import annotations
 
 import difflib
-import os
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from importlib.resources import files
@@ -90,7 +89,7 @@ class Config:
 
 def _package_file(name: str) -> str:
     """Absolute path of a file shipped inside the pipeline package (for conf/)."""
-    return os.fspath(files("pipeline") / name)
+    return str(files("pipeline") / name)
 
 
 def register() -> None:

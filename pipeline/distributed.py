@@ -38,9 +38,9 @@ class Group:
         """Sum or max of a number over the ranks."""
         if self.world == 1:
             return value
-        box = [None] * self.world
+        box: list[float] = [0.0] * self.world
         dist.all_gather_object(box, value)
-        return float(sum(box) if op == "sum" else max(box))  # type: ignore[arg-type]
+        return float(sum(box) if op == "sum" else max(box))
 
 
 def setup(device_name: str) -> tuple[Group, torch.device]:

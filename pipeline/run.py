@@ -76,7 +76,7 @@ def evaluate(cfg: Config, out_dir: Path) -> dict[str, Any] | None:
         rows=mine,
         show=group.rank == 0,
     )
-    scored, wall = group.reduce(scored, "sum"), group.reduce(wall, "max")
+    total, wall = group.reduce(scored, "sum"), group.reduce(wall, "max")
     group.barrier()
     if group.rank != 0:
         return None
@@ -86,7 +86,7 @@ def evaluate(cfg: Config, out_dir: Path) -> dict[str, Any] | None:
     extra |= {
         "world_size": group.world,
         "shard": f"{cfg.shard.index}/{cfg.shard.count}",
-        "images_per_sec": scored / wall if wall > 0 else 0.0,
+        "images_per_sec": total / wall if wall > 0 else 0.0,
         "wall_seconds": wall,
     }
     result = finish(out_dir, whole, extra)
@@ -188,16 +188,17 @@ def score(
             if batch is not None:
                 check_decoded(batch, on_error)
                 try:
-                    launched, buffer = launch(
+                    outputs, buffer = launch(
                         batch, net, preprocess, device, dtype, memory_format, buffer
                     )
+                    launched = (batch, outputs)
                 except torch.OutOfMemoryError:
                     if pending is not None:  # keep the batch before it
                         land(pending, writer, progress)
                     raise UserError(oom_message(device, len(batch["index"]))) from None
             if pending is not None:
                 n += land(pending, writer, progress)
-            pending = None if batch is None else (batch, launched)
+            pending = launched
     return n
 
 

@@ -154,20 +154,22 @@ def _tensor_decoder() -> Callable[[bytes], torch.Tensor]:
 
         return lambda data: decode_image(data, mode="RGB")
     except (ImportError, OSError, RuntimeError):  # absent, or built for another torch
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            from torchvision.io import ImageReadMode
-            from torchvision.io import decode_image as tv_decode
+        from torchvision.io import ImageReadMode
+        from torchvision.io import decode_image as tv_decode
 
-        return lambda data: tv_decode(
-            torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB
-        )
+        def decode(data: bytes) -> torch.Tensor:
+            with warnings.catch_warnings():  # we know: this is the fallback
+                warnings.simplefilter("ignore", DeprecationWarning)
+                buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+                return tv_decode(buffer, mode=ImageReadMode.RGB)
+
+        return decode
 
 
 def decode_tensor(data: bytes) -> torch.Tensor:
     """JPEG/PNG/WebP/GIF bytes -> uint8 (3, H, W); an animated GIF gives its first frame."""
     try:
-        pixels = _tensor_decoder()(bytearray(data))
+        pixels = _tensor_decoder()(data)
     except RuntimeError as e:  # the decoders' C++ errors end with the useful part
         raise ValueError(str(e).strip().splitlines()[-1].split(", ")[-1][:150]) from None
     return pixels[0] if pixels.ndim == 4 else pixels

@@ -89,3 +89,28 @@ def test_fast_settings_agree_with_the_exact_mode(config, tmp_path, parquet_file,
     assert (fast[:, 0] == exact[:, 0]).all()
     bf16 = top5(config, tmp_path, "bf16", *data, "backend=tensor", "amp=bf16")
     assert (bf16[:, 0] == exact[:, 0]).mean() >= 0.9
+
+
+def test_torchvision_io_stands_in_without_torchcodec(monkeypatch):
+    """Without TorchCodec the tensor backend decodes with torchvision.io, to the same pixels."""
+    import sys
+
+    import torchvision.io
+
+    raw = jpeg(photo(0, (500, 375)))
+    with_codec = FAST_PRE({"bytes": raw, "path": None}, ())
+    calls = []
+    real = torchvision.io.decode_image
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torchvision.io, "decode_image", spy)
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)  # its import now fails
+    transforms._tensor_decoder.cache_clear()
+    try:
+        without = FAST_PRE({"bytes": raw, "path": None}, ())
+    finally:
+        transforms._tensor_decoder.cache_clear()
+    assert calls and (with_codec.int() - without.int()).abs().max() <= 1
