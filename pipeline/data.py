@@ -68,6 +68,8 @@ def load_split(
         raise
     except Exception as e:  # datasets raises many types; all mean "could not load"
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "reach" in reason:  # no network, or offline mode without a cached copy
+            reason += "; offline, use a cached copy (HF_DATASETS_OFFLINE=1) or a local path"
         raise UserError(f"Could not load dataset '{path}' split '{split}': {reason}") from e
     columns = list(table.features or {})
     for role, column in (("image", image_column), ("label", label_column), ("id", id_column)):

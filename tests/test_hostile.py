@@ -264,3 +264,20 @@ def test_random_and_mutated_bytes_give_one_row_each(raw):
         assert item["image"].shape == (3, 224, 224) and item["image"].dtype == torch.uint8
     else:
         assert 0 < len(item["error"]) <= 200
+
+
+def test_full_disk_leaves_no_file_that_looks_complete(config, tmp_path, parquet_file, monkeypatch):
+    """A write that fails (disk full) is one clear error and leaves no part or temporary file."""
+    import errno
+
+    import pyarrow.parquet as pq
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", full)
+    cfg = config("dataset=parquet", f"dataset.data_files={parquet_file}", "model.weights=none")
+    with pytest.raises(UserError, match="No space left on device"):
+        run.evaluate(cfg, tmp_path / "out")
+    parts = tmp_path / "out" / "parts"
+    assert list(parts.iterdir()) == [] and not (tmp_path / "out" / "predictions.parquet").exists()

@@ -73,6 +73,20 @@ def test_limit_scores_the_first_n(config, tmp_path, saved_dir):
     assert frame["label"].tolist() == LABELS[:5]
 
 
+def test_streaming_run_equals_the_loaded_run(config, tmp_path, parquet_file):
+    """dataset.streaming=true writes the same rows, in the same order, as a loaded split."""
+    data = ["dataset=parquet", f"dataset.data_files={parquet_file}", "model.weights=none"]
+    evaluate(config(*data), tmp_path / "loaded")
+    result = evaluate(config(*data, "dataset.streaming=true", "limit=10"), tmp_path / "streamed")
+    loaded = pd.read_parquet(tmp_path / "loaded" / "predictions.parquet").head(10)
+    streamed = pd.read_parquet(tmp_path / "streamed" / "predictions.parquet")
+    pd.testing.assert_frame_equal(
+        streamed.drop(columns=["topk", "topk_prob"]), loaded.drop(columns=["topk", "topk_prob"])
+    )
+    assert np.stack(streamed["topk"]).tolist() == np.stack(loaded["topk"]).tolist()
+    assert result["n_images"] == 10
+
+
 @pytest.mark.slow
 def test_cli_runs_the_bundled_sample(repo_root, tmp_path):
     """`python -m pipeline model.weights=none` scores the bundled sample offline, with a summary."""
