@@ -129,3 +129,16 @@ def check_override_keys(overrides: list[str]) -> None:
         close = difflib.get_close_matches(key, valid, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise UserError(f"Unknown config key '{key}'.{hint} Valid keys: {', '.join(valid)}")
+
+
+def check_values(cfg: Config) -> None:
+    """Values the types allow but the run cannot use."""
+    for key, value in (
+        ("batch_size", cfg.batch_size),
+        ("commit_rows", cfg.commit_rows),
+        ("shard.count", cfg.shard.count),
+    ):
+        if value < 1:
+            raise UserError(f"{key}={value}; it must be 1 or more")
+    if cfg.limit is not None and cfg.limit < 0:
+        raise UserError(f"limit={cfg.limit}; use a count of images, or null for all")

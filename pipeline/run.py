@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline import data, distributed, metrics, model, transforms, write
-from pipeline.config import Config, UserError
+from pipeline.config import Config, UserError, check_values
 
 log = logging.getLogger("pipeline")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -45,6 +45,7 @@ def evaluate(cfg: Config, out_dir: Path) -> dict[str, Any] | None:
     Returns the metrics row (None on ranks other than 0 under torchrun).
     """
     started = dt.datetime.now(dt.timezone.utc)
+    check_values(cfg)
     group, device = distributed.setup(cfg.device)
     out_dir = Path(group.broadcast(str(out_dir)))  # every rank writes into rank 0's folder
     amp = model.resolve_amp(cfg.amp.value, device)

@@ -6,7 +6,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from pipeline.config import Amp, Config, UserError, check_override_keys, schema_keys
+from pipeline.config import Amp, Config, UserError, check_override_keys, check_values, schema_keys
 from pipeline.run import CONF_DIR
 
 REQUIRED = {  # values for the ??? fields of groups that have them
@@ -51,3 +51,13 @@ def test_closed_choices_list_their_values(config):
     with pytest.raises(ConfigCompositionException) as e:
         config("amp=fp8")
     assert "auto, off, fp16, bf16" in str(e.value.__cause__)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("batch_size=0", "batch_size=0; it must be 1 or more"), ("limit=-5", "limit=-5")],
+)
+def test_values_out_of_range_are_refused(config, override, message):
+    """A batch size below 1 or a negative limit fails with one line naming the key."""
+    with pytest.raises(UserError, match=message):
+        check_values(config(override))
