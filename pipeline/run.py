@@ -33,8 +33,12 @@ log = logging.getLogger("pipeline")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-class Stopped(UserError):
-    """SIGTERM (Slurm's warning before a timeout or preemption): commit and leave."""
+class Stopped(BaseException):
+    """SIGTERM (Slurm's warning before a timeout or preemption): commit and leave.
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception`
+    (a decoder's, say) can mistake it for a fault of the data.
+    """
 
     exit_code = 128 + signal.SIGTERM
 
@@ -184,22 +188,26 @@ def score(
     n, pending, buffer = 0, None, None
     # one autocast for the whole loop: it caches the weights' low-precision copies
     with torch.inference_mode(), autocast, progress:
-        for batch in itertools.chain(batches, [None]):
-            launched = None
-            if batch is not None:
-                check_decoded(batch, on_error)
-                try:
-                    outputs, buffer = launch(
-                        batch, net, preprocess, device, dtype, memory_format, buffer
-                    )
+        try:
+            for batch in itertools.chain(batches, [None]):
+                launched = None
+                if batch is not None:
+                    check_decoded(batch, on_error)
+                    try:
+                        outputs, buffer = launch(
+                            batch, net, preprocess, device, dtype, memory_format, buffer
+                        )
+                    except torch.OutOfMemoryError:
+                        raise UserError(oom_message(device, len(batch["index"]))) from None
                     launched = (batch, outputs)
-                except torch.OutOfMemoryError:
-                    if pending is not None:  # keep the batch before it
-                        land(pending, writer, progress)
-                    raise UserError(oom_message(device, len(batch["index"]))) from None
+                if pending is not None:
+                    landing, pending = pending, None
+                    n += land(landing, writer, progress)
+                pending = launched
+        except BaseException:  # SIGTERM, OOM, a dead worker: keep the batch already scored
             if pending is not None:
-                n += land(pending, writer, progress)
-            pending = launched
+                land(pending, writer, progress)
+            raise
     return n
 
 
@@ -366,7 +374,7 @@ def main() -> None:
         out_dir = Path(cfg.output_dir or HydraConfig.get().runtime.output_dir)
         try:
             evaluate(cfg, out_dir)
-        except UserError as e:
+        except (UserError, Stopped) as e:
             print(f"error: {e}", file=sys.stderr)
             with contextlib.suppress(OSError):  # for pipeline.summarize: why a sweep job failed
                 (out_dir / write.ERROR_FILE).write_text(f"{e}\n")

@@ -281,3 +281,28 @@ def test_full_disk_leaves_no_file_that_looks_complete(config, tmp_path, parquet_
         run.evaluate(cfg, tmp_path / "out")
     parts = tmp_path / "out" / "parts"
     assert list(parts.iterdir()) == [] and not (tmp_path / "out" / "predictions.parquet").exists()
+
+
+def test_sigterm_while_decoding_is_a_stop_not_a_bad_image(
+    config, tmp_path, parquet_file, monkeypatch
+):
+    """SIGTERM landing inside a decoder stops the run; it is never recorded as an image error."""
+    real, calls = transforms.read_bytes, []
+
+    def read_then_term(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transforms, "read_bytes", read_then_term)
+    cfg = config(
+        "dataset=parquet",
+        f"dataset.data_files={parquet_file}",
+        "model.weights=none",
+        "commit_rows=1",
+    )
+    with pytest.raises(run.Stopped, match="Stopped by SIGTERM"):
+        run.evaluate(cfg, tmp_path / "out")
+    parts = list((tmp_path / "out" / "parts").glob("part-*.parquet"))
+    assert len(parts) == 1 and pd.read_parquet(parts[0])["error"].isna().all()
