@@ -8,6 +8,7 @@ undecodable image becomes a row with an `error` instead of a crash.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -233,7 +234,14 @@ def make_loader(
         collate_fn=collate,
         pin_memory=pin_memory,
         prefetch_factor=4 if num_workers else None,
+        worker_init_fn=_worker_init,
     )
+
+
+def _worker_init(worker_id: int) -> None:
+    """Workers leave SIGTERM to the main process (Slurm signals them all): it commits what
+    is scored and shuts them down; a worker dying first would look like a crash."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def iter_batches(

@@ -99,6 +99,7 @@ def start_cli(args, repo_root):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
 
 
@@ -113,8 +114,14 @@ def wait_for_parts(parts, proc, count=2, timeout=120):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_run_resumes_to_the_uninterrupted_result(repo_root, tmp_path, big_parquet, sig):
+@pytest.mark.parametrize(
+    ("sig", "workers"),
+    [(signal.SIGKILL, 0), (signal.SIGTERM, 0), (signal.SIGTERM, 1)],
+    ids=["sigkill", "sigterm", "sigterm-to-all-processes"],
+)
+def test_killed_run_resumes_to_the_uninterrupted_result(
+    repo_root, tmp_path, big_parquet, sig, workers
+):
     """Killed mid-run (SIGKILL, or Slurm's SIGTERM) then resumed equals an unbroken run."""
     args = [
         "dataset=parquet",
@@ -122,7 +129,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(repo_root, tmp_path, big
         "model.weights=none",
         "batch_size=4",
         "commit_rows=8",
-        "num_workers=0",
+        f"num_workers={workers}",
         "progress=false",
     ]
     whole = run_cli([*args, f"output_dir={tmp_path / 'whole'}"], cwd=repo_root)
@@ -130,7 +137,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(repo_root, tmp_path, big
     out = tmp_path / "broken"
     proc = start_cli([*args, f"output_dir={out}"], repo_root)
     wait_for_parts(out / "parts", proc)
-    proc.send_signal(sig)
+    os.killpg(proc.pid, sig)  # the process and its workers, as Slurm signals a job step
     _, stderr = proc.communicate(timeout=60)
     if sig == signal.SIGTERM:
         assert proc.returncode == 128 + signal.SIGTERM and "Stopped by SIGTERM" in stderr
