@@ -12,10 +12,13 @@ import difflib
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # Hydra's config folder
 
 
 class UserError(Exception):

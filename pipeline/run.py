@@ -1,19 +1,18 @@
 """Batched inference: config -> split -> model -> predictions parts -> Parquet.
 
-`evaluate` is the whole run and reads top to bottom like the data flow;
-`main` is the Hydra entry point, the only code that sees a DictConfig.
+`evaluate` is the whole run and reads top to bottom like the data flow. It
+takes the typed `Config`, so it runs without Hydra too (the benchmark does);
+`python -m pipeline` (__main__.py) composes that Config with Hydra.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import itertools
 import logging
 import os
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -30,7 +29,6 @@ from pipeline import data, distributed, metrics, model, transforms, write
 from pipeline.config import Config, UserError, check_values
 
 log = logging.getLogger("pipeline")
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 class Stopped(BaseException):
@@ -62,7 +60,7 @@ def evaluate(cfg: Config, out_dir: Path) -> dict[str, Any] | None:
     split = data.load_split(**asdict(cfg.dataset))
     whole, mine = distributed.plan_rows(split.num_rows, cfg, group)
     if group.rank == 0:
-        write.check_resume(out_dir, resume_settings(cfg, loaded, whole, split.num_rows))
+        write.check_resume(out_dir, write.run_settings(cfg, loaded.sha256, whole, split.num_rows))
     group.barrier()
     if (out_dir / "metrics.parquet").exists():
         print(f"{out_dir} is already complete; nothing to do")
@@ -315,28 +313,6 @@ def resolve_workers(value: str, device: torch.device) -> int:
     return (cores or 1) if device.type != "cpu" else max(1, (cores or 1) // 2)
 
 
-def resume_settings(
-    cfg: Config, loaded: model.LoadedModel, rows: tuple[int, int | None], num_rows: int | None
-) -> dict[str, Any]:
-    """What determines the predictions: resuming or merging across others would mix results."""
-    dataset = {
-        k: v if isinstance(v, str | int | bool | None) else str(v)
-        for k, v in asdict(cfg.dataset).items()
-    }
-    return {
-        "dataset": dataset,
-        "model": cfg.model.arch,
-        "weights": cfg.model.weights,
-        "weights_sha256": loaded.sha256,
-        "amp": cfg.amp.value,
-        "backend": cfg.backend.value,
-        "limit": cfg.limit,
-        "split_rows": num_rows,
-        "shard": [cfg.shard.index, cfg.shard.count],
-        "rows": list(rows),
-    }
-
-
 def print_summary(r: dict[str, Any], out_dir: Path, *, reference: dict[str, float] | None) -> None:
     line = (
         f"top-1 {r['top1']:.3f}  top-5 {r['top5']:.3f}  ({r['n_labeled']} labeled)  "
@@ -351,35 +327,3 @@ def print_summary(r: dict[str, Any], out_dir: Path, *, reference: dict[str, floa
             "they are left out of top-1/top-5"
         )
     print(f"wrote {out_dir / 'predictions.parquet'} and {out_dir / 'metrics.parquet'}")
-
-
-def main() -> None:
-    """`python -m pipeline`: compose the config with Hydra, run, one line per user error."""
-    import hydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import DictConfig, OmegaConf
-
-    from pipeline.config import check_override_keys, register
-
-    register()
-    try:
-        check_override_keys(sys.argv[1:])
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
-
-    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-    def run(dcfg: DictConfig) -> None:
-        cfg: Config = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
-        out_dir = Path(cfg.output_dir or HydraConfig.get().runtime.output_dir)
-        try:
-            evaluate(cfg, out_dir)
-        except (UserError, Stopped) as e:
-            print(f"error: {e}", file=sys.stderr)
-            with contextlib.suppress(OSError):  # for pipeline.summarize: why a sweep job failed
-                (out_dir / write.ERROR_FILE).write_text(f"{e}\n")
-            sys.exit(e.exit_code)
-        finally:
-            distributed.teardown()
-
-    run()

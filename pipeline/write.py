@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import UserError
+from pipeline.config import Config, UserError
 
 SCHEMA = pa.schema(
     [
@@ -179,6 +179,28 @@ def merge(spans: list[tuple[int, int, Path]], out_path: Path, *, start: int, sto
 def write_metrics(path: Path, row: dict[str, Any]) -> None:
     """The run's one-row metrics table."""
     replace_atomically(path, lambda tmp: pd.DataFrame([row]).to_parquet(tmp, index=False))
+
+
+def run_settings(
+    cfg: Config, weights_sha256: str | None, rows: tuple[int, int | None], num_rows: int | None
+) -> dict[str, Any]:
+    """What determines the predictions: resuming or merging across others would mix results."""
+    dataset = {
+        k: v if isinstance(v, str | int | bool | None) else str(v)
+        for k, v in asdict(cfg.dataset).items()
+    }
+    return {
+        "dataset": dataset,
+        "model": cfg.model.arch,
+        "weights": cfg.model.weights,
+        "weights_sha256": weights_sha256,
+        "amp": cfg.amp.value,
+        "backend": cfg.backend.value,
+        "limit": cfg.limit,
+        "split_rows": num_rows,
+        "shard": [cfg.shard.index, cfg.shard.count],
+        "rows": list(rows),
+    }
 
 
 def check_resume(out_dir: Path, settings: dict[str, Any]) -> None:

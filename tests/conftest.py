@@ -14,8 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
-from pipeline.config import Config, register
-from pipeline.run import CONF_DIR
+from pipeline.config import CONF_DIR, Config, register
 
 
 @pytest.fixture(autouse=True)

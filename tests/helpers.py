@@ -42,6 +42,24 @@ def hub_rows(n: int = len(LABELS)) -> dict[str, list]:
     }
 
 
+def load(path: str, **kwargs):
+    """data.load_split with the defaults of a plain labeled split."""
+    from pipeline import data
+
+    args = dict(
+        name=None,
+        split="train",
+        revision=None,
+        data_dir=None,
+        data_files=None,
+        streaming=False,
+        image_column="image",
+        label_column="label",
+        id_column=None,
+    )
+    return data.load_split(path=path, **{**args, **kwargs})
+
+
 def hub_dataset(rows: dict[str, list]):
     import datasets
 

@@ -6,8 +6,15 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from pipeline.config import Amp, Config, UserError, check_override_keys, check_values, schema_keys
-from pipeline.run import CONF_DIR
+from pipeline.config import (
+    CONF_DIR,
+    Amp,
+    Config,
+    UserError,
+    check_override_keys,
+    check_values,
+    schema_keys,
+)
 
 REQUIRED = {  # values for the ??? fields of groups that have them
     "imagefolder": ["dataset.path=/data/val"],

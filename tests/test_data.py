@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from helpers import LABELS, jpeg, photo
+from helpers import LABELS, jpeg, load, photo
 from PIL import Image
 from torchvision.models import AlexNet_Weights
 
@@ -15,21 +15,6 @@ from pipeline import data, transforms
 from pipeline.config import UserError
 
 WEIGHTS = AlexNet_Weights.IMAGENET1K_V1
-
-
-def load(path: str, **kwargs) -> data.Split:
-    args = dict(
-        name=None,
-        split="train",
-        revision=None,
-        data_dir=None,
-        data_files=None,
-        streaming=False,
-        image_column="image",
-        label_column="label",
-        id_column=None,
-    )
-    return data.load_split(path=path, **{**args, **kwargs})
 
 
 def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:

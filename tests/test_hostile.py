@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import hub_dataset, jpeg, photo
+from helpers import hub_dataset, jpeg, load, photo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -194,18 +194,7 @@ def test_dataset_scripts_never_run(tmp_path):
     marker = tmp_path / "ran"
     (root / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
     with contextlib.suppress(UserError):  # refusing the folder is fine; running the script is not
-        data.load_split(
-            path=str(root),
-            name=None,
-            split="train",
-            revision=None,
-            data_dir=None,
-            data_files=None,
-            streaming=False,
-            image_column="image",
-            label_column="label",
-            id_column=None,
-        )
+        load(str(root))
     assert not marker.exists()
 
 
