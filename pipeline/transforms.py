@@ -141,11 +141,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def open_rgb(image: Any, roots: tuple[str, ...]) -> Image.Image:
-    """An `Image(decode=False)` value -> RGB PIL image (the `pil` backend's decoding)."""
-    return to_rgb(open_image(read_bytes(image, roots)))
-
-
 @cache
 def _tensor_decoder() -> Callable[[bytes], torch.Tensor]:
     """TorchCodec's decoder where installed; torchvision.io's (deprecated in 0.29) otherwise."""

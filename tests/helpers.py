@@ -79,3 +79,16 @@ def run_cli(args: list[str], cwd: Path, **env: str):
         text=True,
         timeout=300,
     )
+
+
+def on_call(n: int, real, action):
+    """`real`, wrapped so that its n-th call runs `action()` first (to inject a fault)."""
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            action()
+        return real(*args, **kwargs)
+
+    return wrapper

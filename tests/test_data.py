@@ -40,7 +40,7 @@ def test_every_mode_decodes_to_rgb_like_pil_convert(mode, fmt):
     """Grayscale, CMYK, alpha and palette images decode to RGB as PIL's convert('RGB') does."""
     source = photo(0).convert(mode)
     raw = encoded(source, fmt)
-    got = transforms.open_rgb({"bytes": raw, "path": None}, roots=())
+    got = transforms.to_rgb(transforms.open_image(raw))
     assert got.mode == "RGB"
     assert np.array_equal(np.asarray(got), np.asarray(Image.open(io.BytesIO(raw)).convert("RGB")))
 
@@ -49,7 +49,7 @@ def test_16_bit_images_are_scaled_not_clipped():
     """A 16-bit grayscale PNG maps to 8 bits by its high byte instead of saturating at 255."""
     values = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).astype(np.uint16)
     raw = encoded(Image.fromarray(values), "PNG")
-    got = np.asarray(transforms.open_rgb({"bytes": raw, "path": None}, roots=()))
+    got = np.asarray(transforms.to_rgb(transforms.open_image(raw)))
     assert got[..., 0].max() == values.max() >> 8
     assert np.array_equal(got[..., 0], got[..., 2])
 
@@ -147,6 +147,8 @@ def test_path_outside_the_dataset_is_not_opened(tmp_path):
     secret = tmp_path / "secret.jpg"
     secret.write_bytes(jpeg(photo(1)))
     with pytest.raises(ValueError, match="outside the dataset"):
-        transforms.open_rgb({"bytes": None, "path": str(secret)}, roots=(str(tmp_path / "ds"),))
-    inside = transforms.open_rgb({"bytes": None, "path": str(secret)}, roots=(str(tmp_path),))
+        transforms.read_bytes({"bytes": None, "path": str(secret)}, roots=(str(tmp_path / "ds"),))
+    inside = transforms.open_image(
+        transforms.read_bytes({"bytes": None, "path": str(secret)}, roots=(str(tmp_path),))
+    )
     assert inside.size == (180, 140)

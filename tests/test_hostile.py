@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import hub_dataset, jpeg, load, photo
+from helpers import hub_dataset, jpeg, load, on_call, photo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -156,15 +156,11 @@ def test_out_of_memory_names_the_batch_size_and_keeps_rows(
     config, tmp_path, parquet_file, monkeypatch
 ):
     """OOM suggests a smaller batch size; batches scored before it stay committed."""
-    real_launch, calls = run.launch, []
 
-    def launch_then_oom(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
-        return real_launch(*args, **kwargs)
+    def oom():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
 
-    monkeypatch.setattr(run, "launch", launch_then_oom)
+    monkeypatch.setattr(run, "launch", on_call(2, run.launch, oom))
     cfg = config(
         "dataset=parquet",
         f"dataset.data_files={parquet_file}",
@@ -276,15 +272,11 @@ def test_sigterm_while_decoding_is_a_stop_not_a_bad_image(
     config, tmp_path, parquet_file, monkeypatch
 ):
     """SIGTERM landing inside a decoder stops the run; it is never recorded as an image error."""
-    real, calls = transforms.read_bytes, []
 
-    def read_then_term(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 6:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args, **kwargs)
+    def term():
+        os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(transforms, "read_bytes", read_then_term)
+    monkeypatch.setattr(transforms, "read_bytes", on_call(6, transforms.read_bytes, term))
     cfg = config(
         "dataset=parquet",
         f"dataset.data_files={parquet_file}",
