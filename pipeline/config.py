@@ -78,6 +78,7 @@ class Config:
     shard: ShardConfig = field(default_factory=ShardConfig)
     batch_size: int = 256
     num_workers: str = "auto"  # auto or a count
+    streams: str = "auto"  # batches run at once; auto: CPU one per core (<= 4), GPU 1
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
     amp: Amp = Amp.auto  # auto: fp16 on CUDA, off elsewhere
     backend: Backend = Backend.pil

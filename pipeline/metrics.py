@@ -65,6 +65,7 @@ def provenance(
     device: torch.device,
     amp: torch.dtype | None,
     workers: int,
+    streams: int,
     started: dt.datetime,
 ) -> dict[str, Any]:
     """The settings and versions that produced the numbers: one metrics row says it all."""
@@ -83,6 +84,7 @@ def provenance(
         "amp": str(amp).removeprefix("torch.") if amp else "off",
         "backend": cfg.backend.value,
         "num_workers": workers,
+        "streams": streams,
         "limit": cfg.limit,
         "torch_version": torch.__version__,
         "torchvision_version": torchvision.__version__,

@@ -8,24 +8,22 @@ takes the typed `Config`, so it runs without Hydra too (the benchmark does);
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import logging
 import os
 import shutil
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
-from pipeline import data, distributed, metrics, model, transforms, write
+from pipeline import data, distributed, inference, metrics, model, transforms, write
 from pipeline.config import Config, UserError, check_values
 
 log = logging.getLogger("pipeline")
@@ -52,6 +50,7 @@ def evaluate(cfg: Config, out_dir: Path) -> dict[str, Any] | None:
     out_dir = Path(group.broadcast(str(out_dir)))  # every rank writes into rank 0's folder
     amp = model.resolve_amp(cfg.amp.value, device)
     workers = resolve_workers(cfg.num_workers, device)
+    streams = inference.resolve_streams(cfg.streams, device, compile=cfg.compile)
     write.check_writable(out_dir)
 
     loaded = model.load_model(
@@ -75,6 +74,7 @@ def evaluate(cfg: Config, out_dir: Path) -> dict[str, Any] | None:
         device=device,
         amp=amp,
         workers=workers,
+        streams=streams,
         out_dir=out_dir,
         rows=mine,
         show=group.rank == 0,
@@ -84,7 +84,7 @@ def evaluate(cfg: Config, out_dir: Path) -> dict[str, Any] | None:
     if group.rank != 0:
         return None
     extra = metrics.provenance(
-        cfg, loaded, device=device, amp=amp, workers=workers, started=started
+        cfg, loaded, device=device, amp=amp, workers=workers, streams=streams, started=started
     )
     extra |= {
         "world_size": group.world,
@@ -106,6 +106,7 @@ def score_rows(
     device: torch.device,
     amp: torch.dtype | None,
     workers: int,
+    streams: int,
     out_dir: Path,
     rows: tuple[int, int | None],
     show: bool,
@@ -138,14 +139,15 @@ def score_rows(
     bar = tqdm(total=total, unit="img", disable=not (cfg.progress and show), dynamic_ncols=True)
     t0 = time.perf_counter()
     try:
-        with stop_on_sigterm():
-            scored = score(
+        with stop_on_sigterm(), inference.threads_per_stream(streams, device):
+            scored = inference.score(
                 batches,
                 writer,
                 net,
                 preprocess,
                 device=device,
                 amp=amp,
+                streams=streams,
                 on_error=cfg.on_error.value,
                 channels_last=cfg.channels_last,
                 progress=bar,
@@ -161,113 +163,6 @@ def score_rows(
     finally:
         writer.commit()  # what was scored before a failure is kept for the resume
     return scored, time.perf_counter() - t0
-
-
-def score(
-    batches: Any,
-    writer: write.PredictionWriter,
-    net: torch.nn.Module,
-    preprocess: transforms.Preprocess,
-    *,
-    device: torch.device,
-    amp: torch.dtype | None,
-    on_error: str,
-    channels_last: bool,
-    progress: tqdm,
-) -> int:
-    """The inference loop; returns how many images it scored.
-
-    Results come back to the CPU one batch late: batch i's top-k is copied
-    and written while batch i+1 runs on the GPU, so the GPU never waits.
-    """
-    autocast = torch.autocast(device.type, dtype=amp) if amp else nullcontext()
-    dtype = amp if amp and device.type == "cuda" else torch.float32  # normalize in AMP dtype
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    n, pending, buffer = 0, None, None
-    # one autocast for the whole loop: it caches the weights' low-precision copies
-    with torch.inference_mode(), autocast, progress:
-        try:
-            for batch in itertools.chain(batches, [None]):
-                launched = None
-                if batch is not None:
-                    check_decoded(batch, on_error)
-                    try:
-                        outputs, buffer = launch(
-                            batch, net, preprocess, device, dtype, memory_format, buffer
-                        )
-                    except torch.OutOfMemoryError:
-                        raise UserError(oom_message(device, len(batch["index"]))) from None
-                    launched = (batch, outputs)
-                if pending is not None:
-                    landing, pending = pending, None
-                    n += land(landing, writer, progress)
-                pending = launched
-        except BaseException:  # SIGTERM, OOM, a dead worker: keep the batch already scored
-            if pending is not None:
-                land(pending, writer, progress)
-            raise
-    return n
-
-
-def oom_message(device: torch.device, size: int) -> str:
-    return f"Out of {device.type} memory at batch_size={size}; try batch_size={max(size // 2, 1)}"
-
-
-def check_decoded(batch: dict[str, Any], on_error: str) -> None:
-    """With on_error=raise, the first undecodable image of a batch ends the run."""
-    if on_error == "raise" and not batch["ok"].all():
-        j = int((~batch["ok"]).nonzero()[0])
-        raise UserError(
-            f"Image at row {int(batch['index'][j])} (id {batch['id'][j]}) "
-            f"could not be decoded: {batch['error'][j]}"
-        )
-
-
-def launch(
-    batch: dict[str, Any],
-    net: torch.nn.Module,
-    preprocess: transforms.Preprocess,
-    device: torch.device,
-    dtype: torch.dtype,
-    memory_format: torch.memory_format,
-    buffer: torch.Tensor | None,
-) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
-    """Queue one batch of uint8 crops on the device: (top-k ids, probs, top-1/top-5 hits), and
-    the input buffer to reuse for the next batch."""
-    images = batch["image"].to(device, non_blocking=True)
-    ok = batch["ok"].nonzero().flatten().tolist()
-    labels = torch.tensor([-1 if batch["label"][j] is None else batch["label"][j] for j in ok])
-    if not len(images):
-        k, flags = metrics.TOPK, torch.zeros(0, dtype=torch.bool)
-        return (torch.zeros(0, k, dtype=torch.int64), torch.zeros(0, k), flags, flags), buffer
-    x = preprocess.normalize(images, dtype, memory_format, out=buffer)
-    ids, probs = metrics.topk(net(x))
-    return (ids, probs, *metrics.hits(ids, labels.to(device, non_blocking=True))), x
-
-
-def land(
-    pending: tuple[dict[str, Any], tuple[torch.Tensor, ...]],
-    writer: write.PredictionWriter,
-    progress: tqdm,
-) -> int:
-    """Bring a launched batch's results to the CPU and hand them to the writer."""
-    batch, outputs = pending
-    ids, probs, top1, top5 = (t.cpu().numpy() for t in outputs)
-    writer.add(
-        write.Scored(
-            index=batch["index"].numpy(),
-            id=batch["id"],
-            label=batch["label"],
-            error=batch["error"],
-            ok=batch["ok"].numpy(),
-            topk=ids,
-            topk_prob=probs.astype(np.float32),
-            top1=top1,
-            top5=top5,
-        )
-    )
-    progress.update(len(batch["index"]))
-    return len(ids)
 
 
 def finish(out_dir: Path, rows: tuple[int, int | None], extra: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,8 @@ from helpers import jpeg, photo
 from PIL import Image
 from torchvision.models import AlexNet_Weights
 
-from pipeline import run, transforms
+from pipeline import inference, run, transforms
+from pipeline.config import UserError
 
 TRANSFORMS = AlexNet_Weights.IMAGENET1K_V1.transforms()
 PIL_PRE = transforms.Preprocess.from_transforms(TRANSFORMS, "pil")
@@ -114,3 +115,37 @@ def test_torchvision_io_stands_in_without_torchcodec(monkeypatch):
     finally:
         transforms._tensor_decoder.cache_clear()
     assert calls and (with_codec.int() - without.int()).abs().max() <= 1
+
+
+def test_concurrent_streams_land_in_order_with_the_same_results(
+    config, tmp_path, parquet_file, peaked_checkpoint
+):
+    """Batches run as concurrent CPU streams give one stream's predictions, row for row."""
+    data = [
+        "dataset=parquet",
+        f"dataset.data_files={parquet_file}",
+        f"model.weights={peaked_checkpoint}",
+        "batch_size=2",
+    ]
+    frames = {}
+    for streams in ("1", "3"):
+        run.evaluate(config(*data, f"streams={streams}"), tmp_path / streams)
+        frames[streams] = pd.read_parquet(tmp_path / streams / "predictions.parquet")
+    pd.testing.assert_frame_equal(frames["1"], frames["3"])
+    assert pd.read_parquet(tmp_path / "3" / "metrics.parquet")["streams"].iloc[0] == 3
+
+
+@pytest.mark.parametrize(
+    ("value", "device", "message"),
+    [("0", "cpu", "valid: auto or a count"), ("2", "cuda", "on cuda use 1 or auto")],
+)
+def test_streams_mistakes_name_what_is_valid(value, device, message):
+    with pytest.raises(UserError, match=message):
+        inference.resolve_streams(value, torch.device(device), compile=False)
+
+
+def test_streams_auto_splits_cpu_cores_and_keeps_one_on_gpu():
+    cores = torch.get_num_threads()
+    assert inference.resolve_streams("auto", torch.device("cpu"), compile=False) == min(4, cores)
+    assert inference.resolve_streams("auto", torch.device("cpu"), compile=True) == 1
+    assert inference.resolve_streams("auto", torch.device("cuda"), compile=False) == 1

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from torchvision.models import AlexNet_Weights
 
-from pipeline import data, run, transforms
+from pipeline import data, inference, run, transforms
 from pipeline.config import UserError
 
 BOMB_LIMIT = 100_000  # pixels; the test lowers Pillow's limit instead of building a 90 MP image
@@ -157,10 +157,14 @@ def test_out_of_memory_names_the_batch_size_and_keeps_rows(
 ):
     """OOM suggests a smaller batch size; batches scored before it stay committed."""
 
-    def oom():
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+    real = inference.launch
 
-    monkeypatch.setattr(run, "launch", on_call(2, run.launch, oom))
+    def oom_on_second_batch(batch, *args):  # by rows, not call order: streams run concurrently
+        if int(batch["index"][0]) == 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        return real(batch, *args)
+
+    monkeypatch.setattr(inference, "launch", oom_on_second_batch)
     cfg = config(
         "dataset=parquet",
         f"dataset.data_files={parquet_file}",

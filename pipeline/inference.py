@@ -1,0 +1,184 @@
+"""The inference loop: batches of uint8 crops -> top-k on the device -> the writer.
+
+Batches run on `streams` threads. On a GPU that is one thread that queues
+kernels while the main thread brings the previous batch's top-k back, so the
+GPU never waits for the writer. On a CPU it is several forwards at once, each
+with its share of the cores: independent forwards need no barrier between
+cores, so a core that a decoding worker takes slows one forward, not all of
+them. The main thread lands batches strictly in order.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager, suppress
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline import metrics, write
+from pipeline.config import UserError
+from pipeline.transforms import Preprocess
+
+_thread = threading.local()
+
+
+def score(
+    batches: Iterable[dict[str, Any]],
+    writer: write.PredictionWriter,
+    net: torch.nn.Module,
+    preprocess: Preprocess,
+    *,
+    device: torch.device,
+    amp: torch.dtype | None,
+    streams: int,
+    on_error: str,
+    channels_last: bool,
+    progress: tqdm,
+) -> int:
+    """Score every batch and hand it to the writer in order; returns how many images it scored.
+
+    Up to streams + 1 batches are in flight. On any exception (SIGTERM, a dead
+    worker, a bad image with on_error=raise) the batches already scored are
+    landed first, so the resume starts after them.
+    """
+    dtype = amp if amp and device.type == "cuda" else torch.float32  # normalize in AMP dtype
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    buffers: list[torch.Tensor | None] = [None] * (streams + 1)  # one input buffer per slot
+    inflight: deque[tuple[int, dict[str, Any], Future]] = deque()
+    n = 0
+    pool = ThreadPoolExecutor(streams, initializer=_enter_contexts, initargs=(device.type, amp))
+    with pool, progress:
+        try:
+            for k, batch in enumerate(batches):
+                check_decoded(batch, on_error)
+                if len(inflight) == len(buffers):
+                    n += _land_oldest(inflight, buffers, writer, progress, device)
+                slot = k % len(buffers)  # its previous batch has landed
+                args = (batch, net, preprocess, device, dtype, memory_format, buffers[slot])
+                inflight.append((slot, batch, pool.submit(launch, *args)))
+            while inflight:
+                n += _land_oldest(inflight, buffers, writer, progress, device)
+        except BaseException:
+            for _, _, future in inflight:
+                future.cancel()  # not started yet: not worth waiting for
+            with suppress(Exception):  # the first error is the one to report
+                while inflight and not inflight[0][2].cancelled():
+                    _land_oldest(inflight, buffers, writer, progress, device)
+            raise
+    return n
+
+
+def _enter_contexts(device_type: str, amp: torch.dtype | None) -> None:
+    """Per stream thread, for its whole life: inference mode, and one autocast, which then
+    caches the weights' low-precision copies instead of casting them every batch."""
+    _thread.contexts = stack = ExitStack()
+    stack.enter_context(torch.inference_mode())
+    if amp:
+        stack.enter_context(torch.autocast(device_type, dtype=amp))
+
+
+def _land_oldest(
+    inflight: deque[tuple[int, dict[str, Any], Future]],
+    buffers: list[torch.Tensor | None],
+    writer: write.PredictionWriter,
+    progress: tqdm,
+    device: torch.device,
+) -> int:
+    """Wait for the oldest batch, bring its results to the CPU and hand them to the writer.
+
+    If it failed, the later batches are dropped: landing them would leave a gap.
+    """
+    slot, batch, future = inflight.popleft()
+    try:
+        outputs, buffers[slot] = future.result()
+    except torch.OutOfMemoryError:
+        inflight.clear()
+        raise UserError(oom_message(device, len(batch["index"]))) from None
+    except BaseException:
+        inflight.clear()
+        raise
+    ids, probs, top1, top5 = (t.cpu().numpy() for t in outputs)
+    writer.add(
+        write.Scored(
+            index=batch["index"].numpy(),
+            id=batch["id"],
+            label=batch["label"],
+            error=batch["error"],
+            ok=batch["ok"].numpy(),
+            topk=ids,
+            topk_prob=probs.astype(np.float32),
+            top1=top1,
+            top5=top5,
+        )
+    )
+    progress.update(len(batch["index"]))
+    return len(ids)
+
+
+def launch(
+    batch: dict[str, Any],
+    net: torch.nn.Module,
+    preprocess: Preprocess,
+    device: torch.device,
+    dtype: torch.dtype,
+    memory_format: torch.memory_format,
+    buffer: torch.Tensor | None,
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
+    """Run one batch of uint8 crops: (top-k ids, probs, top-1/top-5 hits) on the device, and
+    the input buffer to reuse for a later batch."""
+    images = batch["image"].to(device, non_blocking=True)
+    ok = batch["ok"].nonzero().flatten().tolist()
+    labels = torch.tensor([-1 if batch["label"][j] is None else batch["label"][j] for j in ok])
+    if not len(images):
+        k, flags = metrics.TOPK, torch.zeros(0, dtype=torch.bool)
+        return (torch.zeros(0, k, dtype=torch.int64), torch.zeros(0, k), flags, flags), buffer
+    x = preprocess.normalize(images, dtype, memory_format, out=buffer)
+    ids, probs = metrics.topk(net(x))
+    return (ids, probs, *metrics.hits(ids, labels.to(device, non_blocking=True))), x
+
+
+def check_decoded(batch: dict[str, Any], on_error: str) -> None:
+    """With on_error=raise, the first undecodable image of a batch ends the run."""
+    if on_error == "raise" and not batch["ok"].all():
+        j = int((~batch["ok"]).nonzero()[0])
+        raise UserError(
+            f"Image at row {int(batch['index'][j])} (id {batch['id'][j]}) "
+            f"could not be decoded: {batch['error'][j]}"
+        )
+
+
+def oom_message(device: torch.device, size: int) -> str:
+    return f"Out of {device.type} memory at batch_size={size}; try batch_size={max(size // 2, 1)}"
+
+
+def resolve_streams(value: str, device: torch.device, *, compile: bool) -> int:
+    """streams: a count, or auto = on CPU one per core the model may use (at most 4), else 1."""
+    if value != "auto":
+        if not value.isdigit() or int(value) < 1:
+            raise UserError(f"streams={value!r}; valid: auto or a count of 1 or more")
+        if int(value) > 1 and device.type != "cpu":
+            raise UserError(
+                f"streams={value} splits CPU cores between batches; on {device.type} use 1 or auto"
+            )
+        return int(value)
+    if device.type != "cpu" or compile:  # compiled graphs warm up once, in one thread
+        return 1
+    return max(1, min(4, torch.get_num_threads()))
+
+
+@contextmanager
+def threads_per_stream(streams: int, device: torch.device) -> Iterator[None]:
+    """On CPU, give each stream an equal share of the model's threads for the run."""
+    total = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, total // streams))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(total)
