@@ -152,3 +152,32 @@ def test_path_outside_the_dataset_is_not_opened(tmp_path):
         transforms.read_bytes({"bytes": None, "path": str(secret)}, roots=(str(tmp_path),))
     )
     assert inside.size == (180, 140)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        ["cat/a.jpg", "dog/b.jpg", ".cache/c.jpg", "__pycache__/d.jpg", "dog/.e.jpg"],
+        ["train/cat/a.jpg", "val/cat/b.jpg", "test/dog/c.jpg", "README.txt"],
+        ["data/train-00000-of-00001.parquet", "data/validation-00000-of-00001.parquet"],
+        ["my_train_set.csv", "my-test.csv", "dataset_info.json"],
+        ["x/training/a.png", "x/dev/b.png", ".hidden/train/c.png"],
+        ["a.csv", "nested/deeper/b.csv"],
+    ],
+)
+def test_folder_split_patterns_match_datasets_own_search(tmp_path, layout):
+    """One walk finds the very split patterns that `datasets` finds with its ~60 globs."""
+    import datasets.data_files
+
+    for name in layout:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    ours = data._folder_patterns(str(tmp_path))
+    theirs = datasets.data_files.get_data_patterns(str(tmp_path))
+    assert ours == {str(split): patterns for split, patterns in theirs.items()}
+
+
+def test_folder_without_data_files_is_left_to_datasets(tmp_path):
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / ".hidden" / "a.jpg").write_bytes(b"x")
+    assert data._folder_patterns(str(tmp_path)) is None
