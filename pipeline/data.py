@@ -272,8 +272,16 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "label": [it["label"] for it in items],
         "error": [it["error"] for it in items],
         "ok": ok,
-        "image": torch.stack(crops) if crops else torch.empty(0, dtype=torch.uint8),
+        "image": _stack_channels_last(crops),
     }
+
+
+def _stack_channels_last(crops: list[torch.Tensor]) -> torch.Tensor:
+    """(3, H, W) crops -> (N, 3, H, W) stored channels-last, the layout the model runs in: PIL's
+    pixels are already HWC (a plain copy), and the float conversion needs no transpose."""
+    if not crops:
+        return torch.empty(0, dtype=torch.uint8)
+    return torch.stack([c.permute(1, 2, 0) for c in crops]).permute(0, 3, 1, 2)
 
 
 def make_loader(
