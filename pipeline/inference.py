@@ -103,14 +103,14 @@ def _land_oldest(
     except BaseException:
         inflight.clear()
         raise
-    ids, probs, top1, top5 = (t.cpu().numpy() for t in outputs)
+    ids, probs, top1, top5 = (t.cpu().numpy().copy() for t in outputs)
     writer.add(
         write.Scored(
-            index=batch["index"].numpy(),
+            index=batch["index"].numpy().copy(),
             id=batch["id"],
             label=batch["label"],
             error=batch["error"],
-            ok=batch["ok"].numpy(),
+            ok=batch["ok"].numpy().copy(),
             topk=ids,
             topk_prob=probs.astype(np.float32),
             top1=top1,
