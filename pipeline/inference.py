@@ -166,6 +166,8 @@ def resolve_streams(value: str, device: torch.device, *, compile: bool) -> int:
             raise UserError(
                 f"streams={value} splits CPU cores between batches; on {device.type} use 1 or auto"
             )
+        if int(value) > 1 and compile:
+            raise UserError(f"compile=true runs one stream; use streams=1 or auto, not {value}")
         return int(value)
     if device.type != "cpu" or compile:  # compiled graphs warm up once, in one thread
         return 1

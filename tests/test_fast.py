@@ -136,12 +136,17 @@ def test_concurrent_streams_land_in_order_with_the_same_results(
 
 
 @pytest.mark.parametrize(
-    ("value", "device", "message"),
-    [("0", "cpu", "valid: auto or a count"), ("2", "cuda", "on cuda use 1 or auto")],
+    ("value", "device", "compile", "message"),
+    [
+        ("0", "cpu", False, "valid: auto or a count"),
+        ("two", "cpu", False, "valid: auto or a count"),
+        ("2", "cuda", False, "on cuda use 1 or auto"),
+        ("2", "cpu", True, "compile=true runs one stream"),
+    ],
 )
-def test_streams_mistakes_name_what_is_valid(value, device, message):
+def test_streams_mistakes_name_what_is_valid(value, device, compile, message):
     with pytest.raises(UserError, match=message):
-        inference.resolve_streams(value, torch.device(device), compile=False)
+        inference.resolve_streams(value, torch.device(device), compile=compile)
 
 
 def test_streams_auto_splits_cpu_cores_and_keeps_one_on_gpu():

@@ -108,6 +108,7 @@ def test_cli_runs_the_bundled_sample(repo_root, tmp_path):
         (["device=cuda:0"], "CUDA is not available"),
         (["model.weights=/no/such.pth"], "neither a weights name"),
         (["dataset.image_column=img"], "columns present: image, label, id"),
+        (["streams=0"], "valid: auto or a count"),
     ],
 )
 def test_cli_mistakes_are_one_line_without_traceback(repo_root, tmp_path, args, message):
