@@ -152,6 +152,42 @@ def test_dead_worker_is_an_error_not_a_hang(config, tmp_path, parquet_file, monk
         run.evaluate(cfg, tmp_path / "out")
 
 
+@pytest.mark.slow
+def test_a_run_that_fails_mid_loop_still_exits(tmp_path, parquet_file, repo_root):
+    """An error escaping the loop while a DataLoader worker runs ends the process: the worker
+    must not outlive it (multiprocessing stops leftover workers with SIGTERM at exit)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        f"""
+        from pipeline import inference, run
+        from pipeline.config import Config, DatasetConfig, ModelConfig
+
+        def boom(batch, *args):
+            raise RuntimeError("boom")
+
+        inference.launch = boom
+        cfg = Config(
+            dataset=DatasetConfig(path="parquet", data_files={str(parquet_file)!r}, split="train"),
+            model=ModelConfig(weights="none"),
+            device="cpu", num_workers="1", batch_size=2, progress=False,
+        )
+        run.evaluate(cfg, {str(tmp_path / "out")!r})
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=repo_root,
+        env={**os.environ, "HF_DATASETS_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0 and "RuntimeError: boom" in proc.stderr
+
+
 def test_out_of_memory_names_the_batch_size_and_keeps_rows(
     config, tmp_path, parquet_file, monkeypatch
 ):
