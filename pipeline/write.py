@@ -57,7 +57,7 @@ def check_writable(out_dir: Path) -> None:
     """Fail before inference when the output folder cannot be written."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write-test"
+        probe = out_dir / f".write-test-{os.getpid()}"  # one per process: ranks probe at once
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as e:
