@@ -112,7 +112,7 @@ def _land_oldest(
             error=batch["error"],
             ok=batch["ok"].numpy().copy(),
             topk=ids,
-            topk_prob=probs.astype(np.float32),
+            topk_prob=probs.astype(np.float32, copy=False),  # already a copy, fp32 from topk
             top1=top1,
             top5=top5,
         )
