@@ -1,21 +1,35 @@
-"""`python -m pipeline`: the entry point, the only code that sees Hydra's DictConfig."""
+"""`python -m pipeline`: the entry point, the only code that sees Hydra's DictConfig.
+
+Every way a run can end is decided here: finished (exit 0), a user mistake
+(one line, exit 2), a stop on a signal (one line with the resume hint, then the
+previous handler, e.g. submitit's requeue; exit 128+signal), or a bug (recorded
+in the run folder; the traceback is ours to read). In a sweep, a failed job is
+recorded and the next job runs; the sweep exits non-zero at the end.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import logging
+import os
 import sys
 from pathlib import Path
 
-from pipeline import distributed, write
-from pipeline.config import CONF_DIR, Config, UserError, check_override_keys, register
-from pipeline.run import Stopped, evaluate
+from pipeline import stop
+
+log = logging.getLogger("pipeline")
 
 
 def main() -> None:
     """`python -m pipeline`: compose the config with Hydra, run, one line per user error."""
+    stop.leave_at_once_outside_runs()  # first: the imports below take seconds
     import hydra
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from omegaconf import DictConfig, OmegaConf
+
+    from pipeline import distributed, rundir, summarize
+    from pipeline.config import CONF_DIR, Config, UserError, check_override_keys, register
+    from pipeline.run import evaluate
 
     register()
     try:
@@ -27,18 +41,43 @@ def main() -> None:
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def run(dcfg: DictConfig) -> None:
         cfg: Config = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
-        out_dir = Path(cfg.output_dir or HydraConfig.get().runtime.output_dir)
+        hydra_cfg = HydraConfig.get()
+        out_dir = Path(cfg.output_dir or hydra_cfg.runtime.output_dir)
+        in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
         try:
             evaluate(cfg, out_dir)
-        except (UserError, Stopped) as e:
-            print(f"error: {e}", file=sys.stderr)
-            with contextlib.suppress(OSError):  # for pipeline.summarize: why a sweep job failed
-                (out_dir / write.ERROR_FILE).write_text(f"{e}\n")
-            sys.exit(e.exit_code)
+        except stop.Stopped as e:
+            print(str(e), file=sys.stderr)
+            e.hand_over()  # on Slurm, submitit requeues the job here (and exits)
+            sys.exit(e.exit_code)  # a stop ends a sweep too
+        except UserError as e:
+            fail(out_dir, str(e), busy=isinstance(e, rundir.FolderBusy))
+            if not in_sweep:
+                sys.exit(e.exit_code)
+        except Exception as e:  # a bug: recorded, and its traceback kept for us
+            fail(out_dir, f"{type(e).__name__}: {e}")
+            if not in_sweep:
+                raise
+            log.exception("job failed")  # into the job's log file
         finally:
             distributed.teardown()
 
     run()
+    if summarize.LAST_SWEEP.get("failed"):
+        failed, jobs = summarize.LAST_SWEEP["failed"], summarize.LAST_SWEEP["jobs"]
+        print(f"error: {failed} of {jobs} sweep jobs did not finish (table above)", file=sys.stderr)
+        sys.exit(1)
+
+
+def fail(out_dir: Path, message: str, *, busy: bool = False) -> None:
+    """One line for the user; the reason in the run folder for pipeline.summarize (only by
+    rank 0, and never into a folder another run holds)."""
+    from pipeline import rundir
+
+    first = message.strip().splitlines()[0] if message.strip() else message
+    print(f"error: {first}", file=sys.stderr)
+    if not busy and os.environ.get("RANK", "0") == "0":
+        rundir.record_error(out_dir, first)
 
 
 if __name__ == "__main__":

@@ -48,14 +48,16 @@ OnError = Enum("OnError", {"record": "record", "raise": "raise"}, type=str)
 class DatasetConfig:
     path: str = MISSING  # hub id, builder name (parquet, imagefolder) or a local folder
     name: str | None = None  # the dataset's config name
-    split: str = "validation"  # slices work: validation[:1000]
+    split: str | None = None  # null: the data's only split; slices work: validation[:1000]
     revision: str | None = None
     data_dir: str | None = None
     data_files: Any = None  # str, list or {split: files}
-    image_column: str = "image"
+    image_column: str = "image"  # auto: the dataset's only image column
     label_column: str | None = "label"  # null: unlabeled
     id_column: str | None = None  # null: the image's file name when it has one
     streaming: bool = False
+    classes: Any = None  # what labels mean: imagenet-1k, a list, a file (labels.py)
+    restrict: str = "auto"  # auto: a strict subset of classes restricts outputs | false
 
 
 @dataclass
@@ -63,6 +65,12 @@ class ModelConfig:
     arch: str = "alexnet"
     weights: str = "IMAGENET1K_V1"  # a torchvision weights name, a checkpoint path, or none
     sha256: str | None = None  # checked before a checkpoint file is loaded
+    preprocess: str | None = None  # a checkpoint's transforms: a weights name; null: DEFAULT
+
+
+@dataclass
+class MetricsConfig:
+    real_labels: str | None = None  # ImageNet-ReaL's real.json: adds real_top1
 
 
 @dataclass
@@ -76,6 +84,7 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     batch_size: int = 256
     num_workers: str = "auto"  # auto or a count
     streams: str = "auto"  # batches run at once; auto: CPU one per core (<= 4), GPU 1
@@ -96,15 +105,26 @@ def _package_file(name: str) -> str:
     return str(files("pipeline") / name)
 
 
+def _first_set(value: Any, default: Any) -> Any:
+    """`${pipeline_or:${output_dir},default}`: output_dir when it is set, else the default."""
+    return default if value is None else value
+
+
 def register() -> None:
-    """Register the schema and the `${pipeline_file:...}` resolver with Hydra."""
+    """Register the schema and our resolvers (`${pipeline_file:...}`, `${pipeline_or:...}`)."""
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
-    if not OmegaConf.has_resolver("pipeline_file"):
-        OmegaConf.register_new_resolver("pipeline_file", _package_file)
+    for name, resolver in (("pipeline_file", _package_file), ("pipeline_or", _first_set)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
-NESTED = {"dataset": DatasetConfig, "model": ModelConfig, "shard": ShardConfig}
+NESTED = {
+    "dataset": DatasetConfig,
+    "model": ModelConfig,
+    "shard": ShardConfig,
+    "metrics": MetricsConfig,
+}
 
 
 def schema_keys() -> list[str]:
@@ -116,15 +136,19 @@ def schema_keys() -> list[str]:
     return keys
 
 
-def check_override_keys(overrides: list[str]) -> None:
+def check_override_keys(argv: list[str]) -> None:
     """Fail on a command-line key the schema lacks, naming the valid keys.
 
     Hydra's own message for this ("Key 'x' is not in struct") names none.
-    Group choices (`dataset=imagenet-val`), Hydra's keys and `+`/`~` forms
-    are left to Hydra.
+    Hydra's flags (`-m`, `--config-dir X`, `-cn y`, ...) are separated out by
+    Hydra's own argument parser; group choices (`dataset=imagenet-val`),
+    Hydra's keys and `+`/`~` forms are left to Hydra.
     """
+    from hydra._internal.utils import get_args_parser
+
     valid = schema_keys()
-    for override in overrides:
+    overrides, _ = get_args_parser().parse_known_args(argv)
+    for override in overrides.overrides:
         if "=" not in override or override[0] in "+~" or override.startswith("hydra"):
             continue
         key = override.split("=", 1)[0].split("@", 1)[0]
@@ -133,6 +157,11 @@ def check_override_keys(overrides: list[str]) -> None:
         close = difflib.get_close_matches(key, valid, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise UserError(f"Unknown config key '{key}'.{hint} Valid keys: {', '.join(valid)}")
+
+
+def plain(value: Any) -> Any:
+    """OmegaConf containers -> plain lists/dicts, as `datasets` and JSON expect."""
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
 def check_values(cfg: Config) -> None:

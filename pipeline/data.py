@@ -2,7 +2,9 @@
 
 The image column is cast to `Image(decode=False)`, so workers receive the
 encoded bytes (or a file path) and decoding is ours (transforms.py): an
-undecodable image becomes a row with an `error` instead of a crash.
+undecodable image becomes a row with an `error` instead of a crash. Each
+item carries the dataset's own label and the ImageNet-1k id it means
+(labels.py), decided before inference.
 """
 
 from __future__ import annotations
@@ -10,20 +12,25 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.config import UserError
-from pipeline.transforms import Preprocess, error_reason
+from pipeline import stop
+from pipeline.config import UserError, plain
+from pipeline.labels import LabelSpace
+from pipeline.transforms import Preprocess, Roots, error_reason
 
 SAVED_DATASET_MARKERS = ("dataset_dict.json", "state.json")
+FOLDER_BUILDERS = ("imagefolder",)  # builders whose rows are files found by walking a folder
 
 log = logging.getLogger(__name__)
+
+Todo = list[tuple[int, int | None]]  # row ranges [start, stop) to score; None: to the end
 
 
 # ---------------------------------------------------------------- the split
@@ -34,15 +41,19 @@ class Split:
     """A loaded split: a map-style HF Dataset, or an IterableDataset when streaming."""
 
     table: Any  # datasets.Dataset | datasets.IterableDataset, image column not decoded
+    name: str  # the split actually loaded (found when dataset.split was null)
     num_rows: int | None  # None when streaming
-    roots: tuple[str, ...]  # folders a path inside the dataset may point into
+    roots: Roots  # where image paths inside the dataset may lead
+    image_column: str  # the configured one, or the one found for "auto"
+    builder: str | None  # datasets' builder: imagefolder, parquet, webdataset, ...
+    fingerprint: str | None  # datasets' fingerprint (None when streaming)
 
 
 def load_split(
     *,
     path: str,
     name: str | None,
-    split: str,
+    split: str | None,
     revision: str | None,
     data_dir: str | None,
     data_files: Any,
@@ -51,7 +62,8 @@ def load_split(
     label_column: str | None,
     id_column: str | None,
 ) -> Split:
-    """Load one split with `datasets`, from the hub, local files or a `save_to_disk` folder."""
+    """Load one split with `datasets`, from the hub, local files or a `save_to_disk` folder;
+    with split=None, the data's only split."""
     import datasets
 
     try:
@@ -60,18 +72,15 @@ def load_split(
         ):
             table = _load_saved(path, split)
         else:
-            files = _plain(data_files)
-            if files is None and name is None and _plain_folder(path):
-                files = _folder_patterns(os.path.join(path, data_dir or ""))
-            table = datasets.load_dataset(
-                path,
-                name,
-                split=split,
-                revision=revision,
-                data_dir=data_dir,
-                data_files=files,
-                streaming=streaming,
-            )
+            builder = _builder(path, name, revision, data_dir, data_files)
+            if split is None:
+                available = list(builder.config.data_files or builder.info.splits or [])
+                split = choose_split(available, path)
+            if streaming:
+                table = builder.as_streaming_dataset(split=split)
+            else:
+                builder.download_and_prepare()
+                table = builder.as_dataset(split=split)
     except UserError:
         raise
     except Exception as e:  # datasets raises many types; all mean "could not load"
@@ -79,23 +88,63 @@ def load_split(
         if "reach" in reason:  # no network, or offline mode without a cached copy
             reason += "; offline, use a cached copy (HF_DATASETS_OFFLINE=1) or a local path"
         raise UserError(f"Could not load dataset '{path}' split '{split}': {reason}") from e
-    columns = list(table.features or {})
-    for role, column in (("image", image_column), ("label", label_column), ("id", id_column)):
-        if column is not None and column not in columns:
+    features = table.features or {}
+    image_column = _image_column(features, image_column)
+    for role, column in (("label", label_column), ("id", id_column)):
+        if column is not None and column not in features:
             raise UserError(
                 f"Column '{column}' (dataset.{role}_column) not in the dataset; "
-                f"columns present: {', '.join(columns)}"
+                f"columns present: {', '.join(features)}"
             )
+    builder = getattr(table.info, "builder_name", None)
+    fingerprint = None if streaming else getattr(table, "_fingerprint", None)
     table = table.cast_column(image_column, datasets.Image(decode=False))
-    num_rows = None if streaming else len(table)
-    return Split(table=table, num_rows=num_rows, roots=_roots(path, data_dir, data_files))
+    return Split(
+        table=table,
+        name=str(table.split) if getattr(table, "split", None) else (split or ""),
+        num_rows=None if streaming else len(table),
+        roots=_roots(path, data_dir, data_files, walked=builder in FOLDER_BUILDERS),
+        image_column=image_column,
+        builder=builder,
+        fingerprint=fingerprint,
+    )
 
 
-def _load_saved(path: str, split: str) -> Any:
+def _builder(
+    path: str, name: str | None, revision: str | None, data_dir: str | None, data_files: Any
+) -> Any:
+    """`load_dataset`'s first step (its second is in load_split): between the two, a split
+    name that was not given can be found."""
+    import datasets
+
+    files = plain(data_files)
+    if files is None and name is None and _plain_folder(path):
+        files = _folder_patterns(os.path.join(path, data_dir or ""))
+    return datasets.load_dataset_builder(
+        path, name, revision=revision, data_dir=data_dir, data_files=files
+    )
+
+
+def choose_split(available: Sequence[str], where: str) -> str:
+    """The only split there is; with several, one line naming them."""
+    if len(available) == 1:
+        return str(available[0])
+    if not available:
+        raise UserError(f"{where} has no splits; set dataset.split")
+    raise UserError(
+        f"{where} has splits {', '.join(map(str, available))}: choose one with dataset.split=..."
+    )
+
+
+def _load_saved(path: str, split: str | None) -> Any:
     """A `save_to_disk` folder: pick the split of a DatasetDict, then apply a slice."""
     import datasets
 
     loaded = datasets.load_from_disk(path)
+    if split is None:
+        if not isinstance(loaded, datasets.DatasetDict):
+            return loaded
+        split = choose_split(list(loaded), path)
     instruction = datasets.ReadInstruction.from_spec(split)
     names = [ins.splitname for ins in instruction._relative_instructions]
     if not isinstance(loaded, datasets.DatasetDict):
@@ -109,6 +158,28 @@ def _load_saved(path: str, split: str) -> Any:
         loaded[a.splitname].select(range(a.from_, a.to)) for a in instruction.to_absolute(sizes)
     ]
     return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+def _image_column(features: Any, configured: str) -> str:
+    """The configured column, or for "auto" the dataset's only image column (webdataset
+    shards name it after the file type: jpg, webp, png)."""
+    import datasets
+
+    if configured != "auto":
+        if configured not in features:
+            raise UserError(
+                f"Column '{configured}' (dataset.image_column) not in the dataset; "
+                f"columns present: {', '.join(features)}"
+            )
+        return configured
+    images = [c for c, f in features.items() if isinstance(f, datasets.Image)]
+    if len(images) == 1:
+        return images[0]
+    found = f"image columns {', '.join(images)}" if images else "no image column"
+    raise UserError(
+        f"dataset.image_column=auto found {found}; columns present: {', '.join(features)}; "
+        f"set dataset.image_column"
+    )
 
 
 def _plain_folder(path: str) -> bool:
@@ -158,90 +229,118 @@ def _folder_patterns(folder: str) -> dict[str, list[str]] | None:
         return None
 
 
-def _plain(value: Any) -> Any:
-    """OmegaConf containers -> plain lists/dicts, as `datasets` expects."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-
-
-def _roots(path: str, data_dir: str | None, data_files: Any) -> tuple[str, ...]:
-    """Where image paths stored in the dataset may lead: its own folders and the HF cache."""
+def _roots(path: str, data_dir: str | None, data_files: Any, *, walked: bool) -> Roots:
+    """Where image paths stored in the dataset may lead: its own folders and the HF cache.
+    For a folder of image files the paths come from walking it, so links found there are
+    part of the dataset (a class subset linked into a shared ImageNet copy)."""
     import datasets
 
-    roots = [datasets.config.HF_DATASETS_CACHE]
-    roots += [p for p in (path, data_dir) if p and os.path.isdir(p)]
-    files = _plain(data_files)
+    own = [p for p in (path, data_dir) if p and os.path.isdir(p)]
+    files = plain(data_files)
     if isinstance(files, dict):
         files = [f for v in files.values() for f in ([v] if isinstance(v, str) else v)]
     for f in [files] if isinstance(files, str) else files or []:
-        roots.append(os.path.dirname(os.path.abspath(f)))
-    return tuple(os.path.realpath(r) for r in roots)
+        own.append(os.path.dirname(os.path.abspath(f)))
+    confined = [datasets.config.HF_DATASETS_CACHE, *own]
+    return Roots(
+        confined=tuple(os.path.realpath(r) for r in confined),
+        walked=tuple(os.path.abspath(r) for r in own) if walked else (),
+        own=tuple(os.path.realpath(r) for r in own),
+    )
 
 
-def check_labels(
-    table: Any, *, column: str | None, num_classes: int, rows: range, first_index: int
-) -> None:
-    """Fail before inference on a label outside 0..num_classes-1 (-1 and null mean unknown)."""
+# ------------------------------------------------------- what the labels are
+
+
+def folder_names(split: Split) -> list[str] | None:
+    """All class folders of an image folder, empty ones included (datasets' ClassLabel
+    leaves those out; torchvision's ImageFolder does not). None for other layouts."""
+    if split.builder not in FOLDER_BUILDERS or split.num_rows is None:
+        return None
+    paths = split.table.with_format("arrow")[split.image_column].combine_chunks().field("path")
+    parents = {os.path.dirname(os.path.dirname(p)) for p in paths.to_pylist() if p}
+    if len(parents) != 1:
+        return None
+    (top,) = parents
+    return sorted(
+        e.name for e in os.scandir(top) if e.is_dir() and not e.name.startswith((".", "__"))
+    )
+
+
+def string_values(split: Split, column: str | None) -> list[str] | None:
+    """The distinct values of a string label column (None when streaming or not strings)."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
-    if column is None or not rows:
+    if column is None or split.num_rows is None:
+        return None
+    values = split.table.with_format("arrow")[column]
+    if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
+        return None
+    return [v for v in pc.unique(values).to_pylist() if v is not None]
+
+
+def row_ids(split: Split, positions: np.ndarray, id_column: str | None) -> list[str | None]:
+    """The id (or image file path) of rows, read without decoding any image."""
+    if id_column:
+        return split.table.with_format("arrow")[id_column].take(positions).to_pylist()
+    images = split.table.with_format("arrow")[split.image_column].take(positions)
+    return images.combine_chunks().field("path").to_pylist()
+
+
+def _check_labels(
+    table: Any, labels: LabelSpace, column: str | None, positions: Sequence[int], offset: int
+) -> None:
+    """Refuse, before these rows are scored, a label the label space does not cover."""
+    if column is None or not len(positions):
         return
-    labels = table.with_format("arrow")[column]
-    labels = labels.slice(rows.start, len(rows))
-    labels = labels.combine_chunks() if hasattr(labels, "combine_chunks") else labels
-    bad = pc.and_(
-        pc.not_equal(labels, -1),
-        pc.or_(pc.less(labels, 0), pc.greater_equal(labels, num_classes)),
-    )
-    first = pc.index(pc.fill_null(bad, False), True).as_py()
-    if first >= 0:
-        raise UserError(
-            f"Label {labels[first].as_py()} at row {first_index + first} is outside "
-            f"0..{num_classes - 1} (-1 or null mean unknown); check dataset.label_column"
-        )
+    values = table.with_format("arrow")[column].take(np.asarray(positions)).to_pylist()
+    labels.check(values, [offset + int(p) for p in positions])
 
 
 # -------------------------------------------------------------- the dataset
 
 
 class EvalDataset(torch.utils.data.Dataset):
-    """Rows `rows` of an HF table as items {index, id, label, image (uint8) | None, error}."""
+    """Rows `positions` of an HF table as items
+    {index, id, dataset_label, label, image (uint8) | None, error}; index = offset + position."""
 
     def __init__(
         self,
         table: Any,
         *,
-        rows: range,
-        first_index: int,
+        positions: Sequence[int],
+        offset: int,
         image_column: str,
         label_column: str | None,
         id_column: str | None,
+        labels: LabelSpace,
         preprocess: Preprocess,
-        roots: tuple[str, ...],
+        roots: Roots,
     ) -> None:
-        self.table, self.rows, self.first_index = table, rows, first_index
+        self.table, self.positions, self.offset = table, positions, offset
         self.image_column, self.label_column, self.id_column = image_column, label_column, id_column
-        self.preprocess, self.roots = preprocess, roots
+        self.labels, self.preprocess, self.roots = labels, preprocess, roots
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.positions)
 
-    def __getitem__(self, position: int) -> dict[str, Any]:
-        return self.__getitems__([position])[0]
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.__getitems__([i])[0]
 
-    def __getitems__(self, positions: list[int]) -> list[dict[str, Any]]:
+    def __getitems__(self, items: list[int]) -> list[dict[str, Any]]:
         columns = [c for c in (self.image_column, self.label_column, self.id_column) if c]
-        batch = self.table.select_columns(columns)[[self.rows[p] for p in positions]]
-        return [self._item(p, batch, j) for j, p in enumerate(positions)]
+        batch = self.table.select_columns(columns)[[int(self.positions[i]) for i in items]]
+        return [self._item(self.positions[i], batch, j) for j, i in enumerate(items)]
 
     def _item(self, position: int, batch: dict[str, list], j: int) -> dict[str, Any]:
         image = batch[self.image_column][j]
-        label = batch[self.label_column][j] if self.label_column else None
+        raw = batch[self.label_column][j] if self.label_column else None
         item: dict[str, Any] = {
-            "index": self.first_index + self.rows[position] - self.rows.start,
+            "index": self.offset + int(position),
             "id": self._id(batch, j, image),
-            "label": None if label is None or label == -1 else int(label),
+            "dataset_label": raw,
+            "label": self.labels.to_imagenet(raw),
             "image": None,
             "error": None,
         }
@@ -256,10 +355,7 @@ class EvalDataset(torch.utils.data.Dataset):
             value = batch[self.id_column][j]
             return None if value is None else str(value)
         path = image.get("path") if isinstance(image, dict) else None
-        for root in self.roots[1:]:  # relative to the dataset's own folder when inside it
-            if path and os.path.realpath(path).startswith(root + os.sep):
-                return os.path.relpath(os.path.realpath(path), root)
-        return path
+        return self.roots.relative(path) if path else path
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -269,6 +365,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "index": torch.tensor([it["index"] for it in items], dtype=torch.int64),
         "id": [it["id"] for it in items],
+        "dataset_label": [it["dataset_label"] for it in items],
         "label": [it["label"] for it in items],
         "error": [it["error"] for it in items],
         "ok": ok,
@@ -301,62 +398,85 @@ def make_loader(
 
 
 def _worker_init(worker_id: int) -> None:
-    """A worker leaves SIGTERM to the main process (Slurm signals every process of a job):
-    the main process commits what is scored and stops; the worker exits quietly, status 0, so
-    the DataLoader does not report it as a crash. (Ignoring SIGTERM instead hangs the exit of
-    a run that failed: multiprocessing stops leftover workers with SIGTERM, then waits.)"""
-    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+    stop.ignore_in_worker()
+
+
+def positions_of(todo: Todo, num_rows: int) -> np.ndarray:
+    """The row numbers of the ranges to score, in order, clipped to the split."""
+    ranges = [np.arange(a, num_rows if b is None else min(b, num_rows)) for a, b in todo]
+    return np.concatenate(ranges) if ranges else np.zeros(0, np.int64)
 
 
 def iter_batches(
     split: Split,
     *,
-    start: int,
-    stop: int | None,
+    todo: Todo,
     batch_size: int,
     num_workers: int,
     pin_memory: bool,
     chunk_rows: int,
-    num_classes: int,
+    labels: LabelSpace,
     **item_args: Any,
 ) -> Iterator[dict[str, Any]]:
-    """Batches of rows start..stop of the split, in split order.
+    """Batches of the rows in `todo`, in split order.
 
     A map-style split feeds one DataLoader. A streamed split is read in chunks
     of `chunk_rows` raw (undecoded) rows, each decoded by its own DataLoader,
     so workers decode while memory stays at one chunk. Labels are checked
-    before the rows they belong to are scored.
+    before the rows they belong to are scored. The DataLoader's workers are
+    shut down when the iteration ends, however it ends.
     """
     if split.num_rows is not None:
-        end = split.num_rows if stop is None else min(stop, split.num_rows)
-        chunks: Iterator[tuple[int, Any, range]] = iter([(start, split.table, range(start, end))])
+        chunks: Iterator[tuple[int, Any, Sequence[int]]] = iter(
+            [(0, split.table, positions_of(todo, split.num_rows))]
+        )
     else:
-        chunks = _stream_chunks(split.table, start=start, stop=stop, chunk_rows=chunk_rows)
-    for first, table, rows in chunks:
-        check_labels(
+        chunks = _stream_chunks(split.table, todo=todo, chunk_rows=chunk_rows)
+    for offset, table, positions in chunks:
+        _check_labels(table, labels, item_args["label_column"], positions, offset)
+        dataset = EvalDataset(
             table,
-            column=item_args["label_column"],
-            num_classes=num_classes,
-            rows=rows,
-            first_index=first,
+            positions=positions,
+            offset=offset,
+            roots=split.roots,
+            image_column=split.image_column,
+            labels=labels,
+            **item_args,
         )
-        dataset = EvalDataset(table, rows=rows, first_index=first, roots=split.roots, **item_args)
-        yield from make_loader(
-            dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory
+        loader = iter(
+            make_loader(
+                dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory
+            )
         )
+        try:
+            yield from loader
+        finally:
+            del loader  # stops its workers now, not at interpreter exit
 
 
 def _stream_chunks(
-    table: Any, *, start: int, stop: int | None, chunk_rows: int
-) -> Iterator[tuple[int, Any, range]]:
-    """(first index, in-memory Dataset, its rows) for consecutive chunks of a streamed split."""
+    table: Any, *, todo: Todo, chunk_rows: int
+) -> Iterator[tuple[int, Any, list[int]]]:
+    """(first index, in-memory Dataset, positions in it to score) for consecutive chunks of
+    a streamed split, from the first row to score to the last."""
     import datasets
 
+    if not todo:
+        return
+    start, stop_row = todo[0][0], todo[-1][1]
     stream = table.skip(start) if start else table
-    if stop is not None:
-        stream = stream.take(stop - start)
+    if stop_row is not None:
+        stream = stream.take(stop_row - start)
+    info = datasets.DatasetInfo(features=table.features)
     first = start
-    for raw in stream.iter(batch_size=chunk_rows):
-        chunk = datasets.Dataset.from_dict(raw, features=table.features)
-        yield first, chunk, range(len(chunk))
+    for raw in stream.with_format("arrow").iter(batch_size=chunk_rows):
+        # from the Arrow table as it is: rows are not re-encoded, so a row with neither
+        # image bytes nor path reaches the decoder and gets its error row
+        chunk = datasets.Dataset(datasets.table.InMemoryTable(raw), info=info)
+        wanted = [
+            p
+            for p in range(len(chunk))
+            if any(a <= first + p and (b is None or first + p < b) for a, b in todo)
+        ]
+        yield first, chunk, wanted
         first += len(chunk)

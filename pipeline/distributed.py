@@ -1,20 +1,25 @@
 """torch.distributed for `torchrun`: which rows each rank scores, and meeting up after.
 
-Each rank scores one contiguous slice of the split (no DistributedSampler, so
-no padding duplicates and no dropped tail); rank 0 merges the parts.
+Rank 0 owns the run folder (its lock, its plan, which rows are missing); the
+missing rows are split into one contiguous share per rank (no
+DistributedSampler, so no padding duplicates and no dropped tail); rank 0
+merges the parts.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from pipeline.config import Config, UserError
 from pipeline.model import resolve_device
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,30 @@ class Group:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def on_rank0(self, fn: Callable[[], T]) -> T:
+        """fn() on rank 0, its result on every rank; a UserError there is raised on every rank
+        (instead of leaving the others waiting at the next meeting)."""
+        result, error = None, None
+        if self.rank == 0:
+            try:
+                result = fn()
+            except UserError as e:
+                error = e
+        if self.world > 1:
+            result, message = self.broadcast((result, str(error) if error else None))
+            if message and error is None:
+                raise UserError(message)
+        if error is not None:
+            raise error
+        return result  # type: ignore[return-value]
+
+    def rank0_first(self, fn: Callable[[], T]) -> T:
+        """fn() on rank 0, then on the other ranks: rank 0 fills shared caches first (two
+        ranks preparing one `datasets` cache at once can fail); its errors reach every rank."""
+        box: list[T] = []
+        self.on_rank0(lambda: box.append(fn()))
+        return box[0] if box else fn()
+
     def reduce(self, value: float, op: str) -> float:
         """Sum or max of a number over the ranks."""
         if self.world == 1:
@@ -48,6 +77,8 @@ def setup(device_name: str) -> tuple[Group, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = resolve_device(device_name)
     if world == 1:
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)  # else the pin-memory thread works on GPU 0
         return Group(), device
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -69,18 +100,27 @@ def shard_rows(n: int, index: int, count: int) -> tuple[int, int]:
     return n * index // count, n * (index + 1) // count
 
 
-def plan_rows(
-    num_rows: int | None, cfg: Config, group: Group
-) -> tuple[tuple[int, int | None], tuple[int, int | None]]:
-    """(rows this run folder covers, rows this process scores) of the (limited) split.
-
-    A shard covers its slice; under torchrun the ranks split that slice again.
-    """
+def plan_rows(num_rows: int | None, cfg: Config) -> tuple[int, int | None]:
+    """The rows of the (limited) split this run folder covers: all of them, or a shard's."""
     if num_rows is None:  # streaming: the length is unknown until the stream ends
-        if group.world > 1 or cfg.shard.count > 1:
+        if cfg.shard.count > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise UserError("Streaming splits cannot be sharded; set dataset.streaming=false")
-        return (0, cfg.limit), (0, cfg.limit)
+        return 0, cfg.limit
     n = num_rows if cfg.limit is None else min(cfg.limit, num_rows)
-    whole = shard_rows(n, cfg.shard.index, cfg.shard.count)
-    first, last = shard_rows(whole[1] - whole[0], group.rank, group.world)
-    return whole, (whole[0] + first, whole[0] + last)
+    return shard_rows(n, cfg.shard.index, cfg.shard.count)
+
+
+def share(todo: list[tuple[int, int | None]], group: Group) -> list[tuple[int, int | None]]:
+    """This rank's contiguous share of the rows still to score (sizes differ by at most 1)."""
+    if group.world == 1:
+        return todo
+    bounded = [(a, b) for a, b in todo if b is not None]
+    total = sum(b - a for a, b in bounded)
+    lo, hi = shard_rows(total, group.rank, group.world)
+    mine, seen = [], 0
+    for a, b in bounded:
+        start, stop = max(a, a + lo - seen), min(b, a + hi - seen)
+        if start < stop:
+            mine.append((start, stop))
+        seen += b - a
+    return mine

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, suppress
 from typing import Any
@@ -40,19 +40,23 @@ def score(
     on_error: str,
     channels_last: bool,
     progress: tqdm,
+    mask: torch.Tensor | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> int:
     """Score every batch and hand it to the writer in order; returns how many images it scored.
 
-    Up to streams + 1 batches are in flight. On any exception (SIGTERM, a dead
-    worker, a bad image with on_error=raise) the batches already scored are
-    landed first, so the resume starts after them.
+    Up to streams + 1 batches are in flight. `should_stop` is asked between batches (a
+    signal sets it): the batches in flight then land and the loop returns early. On an
+    exception (a dead worker, a bad image with on_error=raise, OOM) the batches already
+    scored are landed first, so the resume starts after them.
     """
     dtype = amp if amp and device.type == "cuda" else torch.float32  # normalize in AMP dtype
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    mask = None if mask is None else mask.to(device)
     buffers: list[torch.Tensor | None] = [None] * (streams + 1)  # one input buffer per slot
     inflight: deque[tuple[int, dict[str, Any], Future]] = deque()
     n = 0
-    pool = ThreadPoolExecutor(streams, initializer=_enter_contexts, initargs=(device.type, amp))
+    pool = ThreadPoolExecutor(streams, initializer=_enter_contexts, initargs=(device, amp))
     with pool, progress:
         try:
             for k, batch in enumerate(batches):
@@ -60,8 +64,10 @@ def score(
                 if len(inflight) == len(buffers):
                     n += _land_oldest(inflight, buffers, writer, progress, device)
                 slot = k % len(buffers)  # its previous batch has landed
-                args = (batch, net, preprocess, device, dtype, memory_format, buffers[slot])
+                args = (batch, net, preprocess, device, dtype, memory_format, buffers[slot], mask)
                 inflight.append((slot, batch, pool.submit(launch, *args)))
+                if should_stop():
+                    break
             while inflight:
                 n += _land_oldest(inflight, buffers, writer, progress, device)
         except BaseException:
@@ -74,13 +80,15 @@ def score(
     return n
 
 
-def _enter_contexts(device_type: str, amp: torch.dtype | None) -> None:
-    """Per stream thread, for its whole life: inference mode, and one autocast, which then
-    caches the weights' low-precision copies instead of casting them every batch."""
+def _enter_contexts(device: torch.device, amp: torch.dtype | None) -> None:
+    """Per stream thread, for its whole life: inference mode, one autocast (which then caches
+    the weights' low-precision copies instead of casting them every batch), and on CUDA the
+    side stream that copies inputs while the previous batch computes."""
     _thread.contexts = stack = ExitStack()
     stack.enter_context(torch.inference_mode())
     if amp:
-        stack.enter_context(torch.autocast(device_type, dtype=amp))
+        stack.enter_context(torch.autocast(device.type, dtype=amp))
+    _thread.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
 
 def _land_oldest(
@@ -103,14 +111,19 @@ def _land_oldest(
     except BaseException:
         inflight.clear()
         raise
-    ids, probs, top1, top5 = (t.cpu().numpy().copy() for t in outputs)
+    ids, probs = (t.cpu().numpy().copy() for t in outputs)
+    ok = batch["ok"].numpy().copy()
+    scored = [x for x, good in zip(batch["label"], ok, strict=True) if good]
+    labels = torch.tensor([-1 if x is None else x for x in scored], dtype=torch.int64)
+    top1, top5 = (t.numpy() for t in metrics.hits(torch.from_numpy(ids), labels))
     writer.add(
         write.Scored(
             index=batch["index"].numpy().copy(),
             id=batch["id"],
+            dataset_label=batch["dataset_label"],
             label=batch["label"],
             error=batch["error"],
-            ok=batch["ok"].numpy().copy(),
+            ok=ok,
             topk=ids,
             topk_prob=probs.astype(np.float32, copy=False),  # already a copy, fp32 from topk
             top1=top1,
@@ -129,18 +142,30 @@ def launch(
     dtype: torch.dtype,
     memory_format: torch.memory_format,
     buffer: torch.Tensor | None,
+    mask: torch.Tensor | None = None,
 ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
-    """Run one batch of uint8 crops: (top-k ids, probs, top-1/top-5 hits) on the device, and
-    the input buffer to reuse for a later batch."""
-    images = batch["image"].to(device, non_blocking=True)
-    ok = batch["ok"].nonzero().flatten().tolist()
-    labels = torch.tensor([-1 if batch["label"][j] is None else batch["label"][j] for j in ok])
-    if not len(images):
-        k, flags = metrics.TOPK, torch.zeros(0, dtype=torch.bool)
-        return (torch.zeros(0, k, dtype=torch.int64), torch.zeros(0, k), flags, flags), buffer
+    """Run one batch of uint8 crops: (top-k ids, probs) on the device, and the input buffer
+    to reuse for a later batch."""
+    if not batch["ok"].any():
+        k = metrics.TOPK
+        return (torch.zeros(0, k, dtype=torch.int64), torch.zeros(0, k)), buffer
+    images = to_device(batch["image"], device)
     x = preprocess.normalize(images, dtype, memory_format, out=buffer)
-    ids, probs = metrics.topk(net(x))
-    return (ids, probs, *metrics.hits(ids, labels.to(device, non_blocking=True))), x
+    return metrics.topk(net(x), mask), x
+
+
+def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a (pinned) batch to the device; on CUDA on this thread's side stream, which the
+    compute stream waits for: the copy of batch i+1 overlaps the forward of batch i."""
+    copy_stream = getattr(_thread, "copy_stream", None)
+    if copy_stream is None:
+        return images.to(device, non_blocking=True)
+    compute = torch.cuda.current_stream(device)
+    with torch.cuda.stream(copy_stream):
+        x = images.to(device, non_blocking=True)
+    compute.wait_stream(copy_stream)
+    x.record_stream(compute)  # its memory is not reused until the compute stream is done
+    return x
 
 
 def check_decoded(batch: dict[str, Any], on_error: str) -> None:

@@ -1,26 +1,29 @@
-"""Top-k on the device, and the metrics row: accuracy from the predictions file + provenance."""
+"""Top-k on the device, accuracy read back from the predictions file, and published numbers."""
 
 from __future__ import annotations
 
-import datetime as dt
 import math
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.config import Config
-from pipeline.model import LoadedModel
-
 TOPK = 5
+PUBLISHED_TOLERANCE = 0.1  # points of top-1/top-5 a full ImageNet-1k val run may differ by
 
 
-def topk(logits: torch.Tensor, k: int = TOPK) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, C) logits -> (ids, softmax probs) of the k best classes, best first; fp32 softmax."""
-    probs, ids = logits.float().softmax(dim=-1).topk(min(k, logits.shape[-1]), dim=-1)
+def topk(
+    logits: torch.Tensor, mask: torch.Tensor | None = None, k: int = TOPK
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C) logits -> (ids, softmax probs) of the k best classes, best first; fp32 softmax.
+    `mask` (C,) bool restricts the outputs to a class subset: the others get no probability,
+    and k shrinks to the subset's size (Hendrycks et al.'s protocol for ImageNet-R/-A)."""
+    logits = logits.float()
+    if mask is not None:
+        logits = logits.masked_fill(~mask, -math.inf)
+        k = min(k, int(mask.sum()))
+    probs, ids = logits.softmax(dim=-1).topk(min(k, logits.shape[-1]), dim=-1)
     return ids, probs
 
 
@@ -31,89 +34,76 @@ def hits(ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
 
 def accuracy(predictions_path: str) -> dict[str, float | int]:
-    """Counts and top-1/top-5 (percent over labeled, scored rows) of a predictions file.
+    """Counts and top-1/top-5 (percent over labeled, scored rows) of a predictions file, and
+    ReaL top-1 (over scored rows with a non-empty ReaL set) when the file has it.
 
     Reading the file rather than summing during the loop makes the numbers the
     same whether the rows came from one run, a resumed one or merged shards.
     """
+    names = pq.read_schema(predictions_path).names
+    columns = ["label", "error", "correct_top1", "correct_top5"]
     table = pq.read_table(
-        predictions_path, columns=["label", "error", "correct_top1", "correct_top5"]
+        predictions_path, columns=columns + ["real_correct"] * ("real_correct" in names)
     )
     scored = pc.is_null(table["error"])
     labeled = pc.and_(scored, pc.is_valid(table["label"]))
     n_labeled = pc.sum(labeled).as_py() or 0
     n_scored = pc.sum(scored).as_py() or 0
 
-    def percent(column: str) -> float:
+    def percent(column: str, n: int) -> float:
         correct = pc.sum(pc.fill_null(table[column], False)).as_py() or 0
-        return 100.0 * correct / n_labeled if n_labeled else math.nan
+        return 100.0 * correct / n if n else math.nan
 
-    return {
+    row: dict[str, float | int] = {
         "n_images": table.num_rows,
         "n_scored": n_scored,
         "n_errors": table.num_rows - n_scored,
         "n_labeled": n_labeled,
-        "top1": percent("correct_top1"),
-        "top5": percent("correct_top5"),
+        "top1": percent("correct_top1", n_labeled),
+        "top5": percent("correct_top5", n_labeled),
     }
+    if "real_correct" in names:
+        n_real = pc.sum(pc.is_valid(table["real_correct"])).as_py() or 0
+        row |= {"n_real": n_real, "real_top1": percent("real_correct", n_real)}
+    return row
 
 
-def provenance(
-    cfg: Config,
-    loaded: LoadedModel,
-    *,
-    device: torch.device,
-    amp: torch.dtype | None,
-    workers: int,
-    streams: int,
-    started: dt.datetime,
-) -> dict[str, Any]:
-    """The settings and versions that produced the numbers: one metrics row says it all."""
-    import datasets
+def published(row: dict[str, Any]) -> dict[str, float] | None:
+    """torchvision's published ImageNet-1K numbers for these weights, when this run is the
+    one they were measured on: torchvision's weights, the whole 50,000-image val split, in
+    ImageNet-1k's label space, scored without errors."""
     import torchvision
 
-    return {
-        "dataset_path": cfg.dataset.path,
-        "dataset_name": cfg.dataset.name,
-        "split": cfg.dataset.split,
-        "model": loaded.arch,
-        "weights": loaded.weights,
-        "weights_sha256": loaded.sha256,
-        "batch_size": cfg.batch_size,
-        "device": str(device),
-        "amp": str(amp).removeprefix("torch.") if amp else "off",
-        "backend": cfg.backend.value,
-        "num_workers": workers,
-        "streams": streams,
-        "limit": cfg.limit,
-        "torch_version": torch.__version__,
-        "torchvision_version": torchvision.__version__,
-        "datasets_version": datasets.__version__,
-        "git_commit": git_commit(),
-        "start_time": started.isoformat(timespec="seconds"),
-    }
-
-
-def git_commit() -> str | None:
-    """The commit of the code that ran, when it runs from a git checkout."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
+        enum = torchvision.models.get_model_weights(row["model"])
+    except ValueError:
+        return None
+    whole = (
+        row["weights"] in enum.__members__
+        and row["label_space"] == "imagenet-1k"
+        and row["n_images"] == 50_000
+        and row["n_scored"] == row["n_labeled"] == 50_000
+        and row.get("limit") is None
+        and row.get("shard") in ("0/1", None)
+        and str(row.get("split", "")).startswith("validation")
+    )
+    return enum[row["weights"]].meta["_metrics"].get("ImageNet-1K") if whole else None
+
+
+def published_check(row: dict[str, Any]) -> str | None:
+    """One line comparing a full ImageNet-1k val run with the published numbers; flagged when
+    either differs by more than PUBLISHED_TOLERANCE points."""
+    ref = published(row)
+    if ref is None:
+        return None
+    d1, d5 = row["top1"] - ref["acc@1"], row["top5"] - ref["acc@5"]
+    line = (
+        f"published (torchvision {row['weights']}): top-1 {ref['acc@1']:.3f}, top-5 "
+        f"{ref['acc@5']:.3f}; this run {d1:+.3f} / {d5:+.3f} points"
+    )
+    if max(abs(d1), abs(d5)) > PUBLISHED_TOLERANCE:
+        line += (
+            f"  WARNING: more than {PUBLISHED_TOLERANCE} points off: check the data "
+            f"(a modified val set?), backend and amp"
         )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def reference_accuracy(loaded: LoadedModel, cfg: Config) -> dict[str, float] | None:
-    """torchvision's published ImageNet-1K numbers for these weights, when they apply."""
-    import torchvision
-
-    enum = torchvision.models.get_model_weights(loaded.arch)
-    if loaded.weights not in enum.__members__ or "imagenet-1k" not in cfg.dataset.path.lower():
-        return None
-    return enum[loaded.weights].meta["_metrics"].get("ImageNet-1K")
+    return line

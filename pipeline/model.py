@@ -13,7 +13,9 @@ import hashlib
 import itertools
 import logging
 import os
+import re
 import urllib.error
+import zipfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -34,11 +36,23 @@ class LoadedModel:
     weights: str  # the enum name, the checkpoint path, or "none"
     digest: Future[str] | str | None  # sha256 of the weights file, hashed in the background
     categories: list[str]
-    transforms: Any  # torchvision's eval transform for this architecture
+    transforms: Any  # the eval transform of `preprocess`
+    preprocess: str  # the torchvision weights whose transforms and categories apply
+    expected_prefix: str | None = None  # the hash prefix torchvision puts in a file's name
+    file: str | None = None
 
     @property
     def sha256(self) -> str | None:
-        return self.digest.result() if isinstance(self.digest, Future) else self.digest
+        """The weights file's sha256; a cached torchvision file whose hash does not start
+        with the prefix in its name is refused (a wrong file staged under that name)."""
+        digest = self.digest.result() if isinstance(self.digest, Future) else self.digest
+        if digest and self.expected_prefix and not digest.startswith(self.expected_prefix):
+            raise UserError(
+                f"{self.file} has sha256 {digest[:16]}..., but its name says it starts with "
+                f"{self.expected_prefix}: it is not {self.weights}. Delete it and stage the "
+                f"right file (or let torchvision download it)"
+            )
+        return digest
 
 
 def resolve_device(name: str) -> torch.device:
@@ -68,34 +82,52 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """auto | off | fp16 | bf16 -> the autocast dtype (None: fp32). auto = fp16 on CUDA only."""
+    """auto | off | fp16 | bf16 -> the autocast dtype (None: fp32). auto = fp16 on CUDA only.
+    A dtype the device cannot run is one line here, before anything is loaded."""
     if amp == "auto":
         return torch.float16 if device.type == "cuda" else None
     if amp == "off":
         return None
     if amp == "fp16" and device.type == "cpu":
         raise UserError("amp=fp16 needs a GPU; on cpu use amp=bf16 or amp=off")
+    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        name = torch.cuda.get_device_name(device)
+        raise UserError(f"amp=bf16: {name} has no bf16 support; use amp=fp16 or amp=off")
     return {"fp16": torch.float16, "bf16": torch.bfloat16}[amp]
 
 
-def load_model(*, arch: str, weights: str, sha256: str | None) -> LoadedModel:
-    """Build `arch` and load `weights` (enum name | checkpoint path | none) on the CPU."""
+def load_model(
+    *, arch: str, weights: str, sha256: str | None, preprocess: str | None = None
+) -> LoadedModel:
+    """Build `arch` and load `weights` (enum name | checkpoint path | none) on the CPU.
+
+    The eval transform and class names come from torchvision's weights entry: the one
+    loaded, or for a checkpoint file `preprocess` (default: the architecture's DEFAULT).
+    """
     available = torchvision.models.list_models(module=torchvision.models)
     if arch not in available:
         raise UserError(
             f"Unknown model.arch '{arch}'; torchvision classifiers: {', '.join(available)}"
         )
     enum = torchvision.models.get_model_weights(arch)
-    default = enum.DEFAULT
-    file_sha = None
+    entry = _preprocess_entry(enum, preprocess)
+    file_sha, prefix, file = None, None, None
     if weights.lower() == "none":
+        if sha256:
+            raise UserError("model.sha256 is set but model.weights=none loads no file; drop one")
         log.warning("model.weights=none: random weights, accuracy is meaningless (smoke run)")
         torch.manual_seed(0)  # the same random model in every process and run
         model = torchvision.models.get_model(arch, weights=None)
     else:
         if weights in enum.__members__:
-            default = enum[weights]
-            state_dict, file_sha = _from_torchvision(default, sha256)
+            if preprocess and enum[weights] != entry:
+                raise UserError(
+                    f"model.preprocess={preprocess} differs from model.weights={weights}, whose "
+                    f"own transforms apply; model.preprocess is for checkpoint files"
+                )
+            entry = enum[weights]
+            state_dict, file_sha, file = _from_torchvision(entry, sha256)
+            prefix = None if sha256 else _name_prefix(file)
         else:
             state_dict, file_sha = _from_file(weights, sha256, valid=list(enum.__members__))
         with torch.device("meta"):  # no random init of tensors about to be replaced
@@ -109,12 +141,36 @@ def load_model(*, arch: str, weights: str, sha256: str | None) -> LoadedModel:
         arch=arch,
         weights=weights,
         digest=file_sha,
-        categories=list(default.meta["categories"]),
-        transforms=default.transforms(),
+        categories=list(entry.meta["categories"]),
+        transforms=entry.transforms(),
+        preprocess=f"{type(entry).__name__}.{entry.name}",
+        expected_prefix=prefix,
+        file=file,
     )
 
 
-def _from_torchvision(entry: Any, sha256: str | None) -> tuple[dict, Future[str] | str]:
+def _preprocess_entry(enum: Any, preprocess: str | None) -> Any:
+    """model.preprocess: a weights name of this architecture, or a full `Enum.NAME`."""
+    if preprocess is None:
+        return enum.DEFAULT
+    try:
+        if "." in preprocess:
+            return torchvision.models.get_weight(preprocess)
+        return enum[preprocess]
+    except (KeyError, ValueError, AttributeError):
+        raise UserError(
+            f"model.preprocess={preprocess} is not a torchvision weights name; valid for this "
+            f"model: {', '.join(enum.__members__)} (or a full name: ResNet50_Weights.IMAGENET1K_V2)"
+        ) from None
+
+
+def _name_prefix(file: str) -> str | None:
+    """The sha256 prefix torchvision writes into its file names (alexnet-owt-7be5be79.pth)."""
+    match = re.search(r"-([a-f0-9]{6,})\.", os.path.basename(file))
+    return match[1] if match else None
+
+
+def _from_torchvision(entry: Any, sha256: str | None) -> tuple[dict, Future[str] | str, str]:
     """The torchvision weights API: `$TORCH_HOME/hub/checkpoints/<file>`, downloaded if missing."""
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(entry.url))
     existed = os.path.exists(cached)
@@ -132,7 +188,7 @@ def _from_torchvision(entry: Any, sha256: str | None) -> tuple[dict, Future[str]
         ) from e
     if sha256 and not existed:  # just downloaded: torchvision checked only a hash prefix
         _check_sha256(cached, sha256)
-    return state_dict, sha256.lower() if sha256 else hash_in_background(cached)
+    return state_dict, sha256.lower() if sha256 else hash_in_background(cached), cached
 
 
 def _from_file(
@@ -148,9 +204,15 @@ def _from_file(
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
-        return load_file(path), digest
+        try:
+            return load_file(path), digest
+        except Exception as e:  # a truncated or foreign file: safetensors' own errors
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UserError(f"Cannot read {path} as safetensors: {reason}") from None
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # mmap needs torch.save's zip format; legacy (pre-1.6) files are read whole
+        mmap = zipfile.is_zipfile(path)
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # pickle.UnpicklingError and friends: refuse, never run it
         raise UserError(
             f"Refusing to load {path}: not a plain state_dict ({str(e).splitlines()[0]}). "
@@ -212,7 +274,12 @@ def place(
     """Move to the device; channels_last suits convolutions on CPU and GPU alike."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one input shape: pick the fastest kernels once
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    try:
+        model = model.to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+    except torch.OutOfMemoryError:
+        raise UserError(
+            f"Out of {device} memory moving the model there; free it or use another device"
+        ) from None
     return torch.compile(model) if compile else model  # type: ignore[return-value]

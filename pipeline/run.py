@@ -1,20 +1,15 @@
-"""Batched inference: config -> split -> model -> predictions parts -> Parquet.
+"""One run, start to finish: plan, load, open the folder, score the missing rows, finish.
 
-`evaluate` is the whole run and reads top to bottom like the data flow. It
-takes the typed `Config`, so it runs without Hydra too (the benchmark does);
-`python -m pipeline` (__main__.py) composes that Config with Hydra.
+`evaluate` takes the typed `Config`, so it runs without Hydra too (the benchmark
+does); `python -m pipeline` (__main__.py) composes that Config with Hydra.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
-import os
-import shutil
-import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,78 +18,163 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from pipeline import data, distributed, inference, metrics, model, transforms, write
+from pipeline import data, distributed, inference, labels, metrics, model, plan, rundir, stop, write
 from pipeline.config import Config, UserError, check_values
+from pipeline.transforms import Preprocess
 
 log = logging.getLogger("pipeline")
-
-
-class Stopped(BaseException):
-    """SIGTERM (Slurm's warning before a timeout or preemption): commit and leave.
-
-    A BaseException, like KeyboardInterrupt, so that no `except Exception`
-    (a decoder's, say) can mistake it for a fault of the data.
-    """
-
-    exit_code = 128 + signal.SIGTERM
 
 
 def evaluate(cfg: Config, out_dir: Path) -> dict[str, Any] | None:
     """Score the configured split; write predictions.parquet + metrics.parquet to out_dir.
 
-    Returns the metrics row (None on ranks other than 0 under torchrun).
+    Returns the metrics row (None on ranks other than 0 under torchrun). A signal
+    (Ctrl-C, SIGTERM, Slurm's SIGUSR2) stops it between batches with everything scored
+    committed, raising `stop.Stopped`; a plain rerun into the folder finishes it.
     """
     started = dt.datetime.now(dt.timezone.utc)
     check_values(cfg)
-    group, device = distributed.setup(cfg.device)
-    out_dir = Path(group.broadcast(str(out_dir)))  # every rank writes into rank 0's folder
-    amp = model.resolve_amp(cfg.amp.value, device)
-    workers = resolve_workers(cfg.num_workers, device)
-    streams = inference.resolve_streams(cfg.streams, device, compile=cfg.compile)
-    write.check_writable(out_dir)
+    with stop.cooperative() as stopper:
+        group, device = distributed.setup(cfg.device)
+        out_dir = Path(group.broadcast(str(out_dir)))  # every rank writes into rank 0's folder
+        settings = plan.resolve_settings(cfg, device, group.world)
+        rundir.check_writable(out_dir)
+        folder = rundir.RunFolder(out_dir, owner=group.rank == 0)
+        group.on_rank0(folder.lock)
+        try:
+            return _run(cfg, folder, group, settings, stopper, started)
+        finally:
+            folder.unlock()
 
-    loaded = model.load_model(
-        arch=cfg.model.arch, weights=cfg.model.weights, sha256=cfg.model.sha256
+
+def _run(
+    cfg: Config,
+    folder: rundir.RunFolder,
+    group: distributed.Group,
+    settings: plan.Settings,
+    stopper: stop.Stop,
+    started: dt.datetime,
+) -> dict[str, Any] | None:
+    hint = resume_hint(folder.path)
+    stopper.check(hint)
+    loaded = model.load_model(**asdict(cfg.model))
+    d = cfg.dataset
+    split = group.rank0_first(
+        lambda: data.load_split(
+            path=d.path,
+            name=d.name,
+            split=d.split,
+            revision=d.revision,
+            data_dir=d.data_dir,
+            data_files=d.data_files,
+            streaming=d.streaming,
+            image_column=d.image_column,
+            label_column=d.label_column,
+            id_column=d.id_column,
+        )
     )
-    split = data.load_split(**asdict(cfg.dataset))
-    whole, mine = distributed.plan_rows(split.num_rows, cfg, group)
-    if group.rank == 0:
-        write.check_resume(out_dir, write.run_settings(cfg, loaded.sha256, whole, split.num_rows))
-    group.barrier()
-    if (out_dir / "metrics.parquet").exists():
-        print(f"{out_dir} is already complete; nothing to do")
-        return pd.read_parquet(out_dir / "metrics.parquet").iloc[0].to_dict()
-
-    net = model.place(loaded.model, device, channels_last=cfg.channels_last, compile=cfg.compile)
+    space = resolve_labels(cfg, split)
+    real = load_real(cfg, split)
+    rows = distributed.plan_rows(split.num_rows, cfg)
+    the_plan = plan.build(
+        cfg,
+        settings,
+        split_name=split.name,
+        num_rows=split.num_rows,
+        fingerprint=split.fingerprint,
+        image_column=split.image_column,
+        rows=rows,
+        loaded=loaded,
+        labels=space,
+        real=real,
+        started=started,
+    )
+    schema = write.schema(space.label_type, real=real is not None)
+    todo = group.on_rank0(lambda: missing_rows(folder, the_plan, schema, rows))
+    if todo is None:
+        if group.rank != 0:
+            return None
+        print(f"{folder.path} is already complete; nothing to do")
+        return pd.read_parquet(folder.path / rundir.METRICS).iloc[0].to_dict()
+    mine = distributed.share(todo, group)
+    if real is not None:
+        positions = data.positions_of(mine, split.num_rows or 0)
+        real.check(data.row_ids(split, positions, cfg.dataset.id_column), positions.tolist())
+    stopper.check(hint)
+    net = model.place(
+        loaded.model, settings.device, channels_last=cfg.channels_last, compile=cfg.compile
+    )
     scored, wall = score_rows(
         cfg,
         split,
         loaded,
         net,
-        device=device,
-        amp=amp,
-        workers=workers,
-        streams=streams,
-        out_dir=out_dir,
-        rows=mine,
+        settings=settings,
+        folder=folder,
+        todo=mine,
+        space=space,
+        real=real,
+        schema=schema,
+        stopper=stopper,
         show=group.rank == 0,
     )
     total, wall = group.reduce(scored, "sum"), group.reduce(wall, "max")
+    stopper.check(hint, signum=int(group.reduce(stopper.signum or 0, "max")))
     group.barrier()
     if group.rank != 0:
         return None
-    extra = metrics.provenance(
-        cfg, loaded, device=device, amp=amp, workers=workers, streams=streams, started=started
+    timing = {"images_per_sec": total / wall if wall > 0 else 0.0, "wall_seconds": wall}
+    result = folder.finish(
+        schema,
+        *rows,
+        lambda predictions: metrics.accuracy(str(predictions)) | the_plan.columns() | timing,
     )
-    extra |= {
-        "world_size": group.world,
-        "shard": f"{cfg.shard.index}/{cfg.shard.count}",
-        "images_per_sec": total / wall if wall > 0 else 0.0,
-        "wall_seconds": wall,
-    }
-    result = finish(out_dir, whole, extra)
-    print_summary(result, out_dir, reference=metrics.reference_accuracy(loaded, cfg))
+    print_summary(result, folder.path)
     return result
+
+
+def resolve_labels(cfg: Config, split: data.Split) -> labels.LabelSpace:
+    """The label space of this split (labels.py), from its features and, where it takes
+    them, its folder names or distinct string values."""
+    column = cfg.dataset.label_column
+    return labels.resolve(
+        split.table.features,
+        label_column=column,
+        classes=cfg.dataset.classes,
+        restrict=str(cfg.dataset.restrict),
+        folder_names=data.folder_names(split) if column else None,
+        string_values=data.string_values(split, column),
+    )
+
+
+def load_real(cfg: Config, split: data.Split) -> labels.RealLabels | None:
+    if cfg.metrics.real_labels is None:
+        return None
+    if split.num_rows is None:
+        raise UserError(
+            "metrics.real_labels needs dataset.streaming=false: every row's file name is "
+            "checked against the ReaL file before scoring"
+        )
+    return labels.RealLabels.load(cfg.metrics.real_labels)
+
+
+def missing_rows(
+    folder: rundir.RunFolder, the_plan: plan.RunPlan, schema: Any, rows: tuple[int, int | None]
+) -> data.Todo | None:
+    """Rank 0: record (or check) the plan, then the rows no valid part holds; None when the
+    folder is finished."""
+    folder.check_plan(the_plan.record())
+    if folder.finished:
+        return None
+    coverage = folder.scan(schema, *rows)
+    done = sum(b - a for _, a, b in coverage.segments)
+    if done:
+        log.info(
+            "resuming: %d rows already committed, %s to score",
+            done,
+            rundir.rows_of(coverage.missing) or "the rest",
+        )
+    return coverage.missing
 
 
 def score_rows(
@@ -103,122 +183,96 @@ def score_rows(
     loaded: model.LoadedModel,
     net: torch.nn.Module,
     *,
-    device: torch.device,
-    amp: torch.dtype | None,
-    workers: int,
-    streams: int,
-    out_dir: Path,
-    rows: tuple[int, int | None],
+    settings: plan.Settings,
+    folder: rundir.RunFolder,
+    todo: data.Todo,
+    space: labels.LabelSpace,
+    real: labels.RealLabels | None,
+    schema: Any,
+    stopper: stop.Stop,
     show: bool,
 ) -> tuple[int, float]:
-    """Score rows [start, stop) not yet committed under out_dir/parts; (images scored, seconds)."""
-    parts = out_dir / "parts"
-    start, stop = rows
-    resume_at = write.committed(parts, start)
-    if resume_at > start:
-        log.info(
-            "resuming at row %d: rows %d..%d are already committed", resume_at, start, resume_at
-        )
-    preprocess = transforms.Preprocess.from_transforms(loaded.transforms, cfg.backend.value)
+    """Score the rows in `todo`, committing parts as they come; (images scored, seconds)."""
+    device = settings.device
+    preprocess = Preprocess.from_transforms(loaded.transforms, cfg.backend.value)
     batches = data.iter_batches(
         split,
-        start=resume_at,
-        stop=stop,
+        todo=todo,
         batch_size=cfg.batch_size,
-        num_workers=workers,
+        num_workers=settings.workers,
         pin_memory=device.type == "cuda",
-        chunk_rows=max(cfg.batch_size * max(workers, 1) * 8, 1024),
-        num_classes=len(loaded.categories),
-        image_column=cfg.dataset.image_column,
+        chunk_rows=max(cfg.batch_size * max(settings.workers, 1) * 8, 1024),
+        labels=space,
         label_column=cfg.dataset.label_column,
         id_column=cfg.dataset.id_column,
         preprocess=preprocess,
     )
-    writer = write.PredictionWriter(parts, loaded.categories, commit_rows=cfg.commit_rows)
-    total = None if stop is None else stop - resume_at
-    bar = tqdm(total=total, unit="img", disable=not (cfg.progress and show), dynamic_ncols=True)
+    writer = write.PredictionWriter(
+        folder.commit_part, loaded.categories, schema, commit_rows=cfg.commit_rows, real=real
+    )
+    mask = None
+    if space.subset is not None:
+        mask = torch.zeros(len(loaded.categories), dtype=torch.bool)
+        mask[list(space.subset)] = True
+    bar = tqdm(
+        total=rundir.rows_of(todo),
+        unit="img",
+        disable=not (cfg.progress and show),
+        dynamic_ncols=True,
+    )
     t0 = time.perf_counter()
     try:
-        with stop_on_sigterm(), inference.threads_per_stream(streams, device):
+        with contextlib.closing(batches), inference.threads_per_stream(settings.streams, device):
             scored = inference.score(
                 batches,
                 writer,
                 net,
                 preprocess,
                 device=device,
-                amp=amp,
-                streams=streams,
+                amp=settings.amp,
+                streams=settings.streams,
                 on_error=cfg.on_error.value,
                 channels_last=cfg.channels_last,
                 progress=bar,
+                mask=mask,
+                should_stop=lambda: stopper.requested,
             )
-    except Stopped:
-        raise Stopped(f"Stopped by SIGTERM. {resume_hint(out_dir)}") from None
+    except torch.OutOfMemoryError:  # outside the forward: pinned host memory, say
+        raise UserError(
+            f"Out of memory feeding {device} at batch_size={cfg.batch_size}. "
+            f"{resume_hint(folder.path)}"
+        ) from None
     except RuntimeError as e:
         if "DataLoader worker" not in str(e):
             raise
         raise UserError(
-            f"A data worker died ({str(e).splitlines()[0]}). {resume_hint(out_dir)}"
+            f"A data worker died ({str(e).splitlines()[0]}). {resume_hint(folder.path)}"
         ) from e
     finally:
-        writer.commit()  # what was scored before a failure is kept for the resume
+        writer.commit()  # what was scored before a failure or a stop is kept for the resume
     return scored, time.perf_counter() - t0
 
 
-def finish(out_dir: Path, rows: tuple[int, int | None], extra: dict[str, Any]) -> dict[str, Any]:
-    """Merge the parts into predictions.parquet, then write metrics.parquet, then drop the parts."""
-    parts = out_dir / "parts"
-    start, stop = rows[0], rows[1] if rows[1] is not None else write.committed(parts, rows[0])
-    predictions = out_dir / "predictions.parquet"
-    write.merge(write.part_spans(parts), predictions, start=start, stop=stop)
-    result = metrics.accuracy(str(predictions)) | extra
-    write.write_metrics(out_dir / "metrics.parquet", result)
-    shutil.rmtree(parts, ignore_errors=True)
-    (out_dir / write.ERROR_FILE).unlink(missing_ok=True)  # left by an earlier, failed attempt
-    return result
-
-
-@contextmanager
-def stop_on_sigterm() -> Iterator[None]:
-    """Turn SIGTERM into `Stopped` in the main process, so the loop commits and leaves."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise Stopped("SIGTERM")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def resume_hint(out_dir: Path) -> str:
-    return f"Rows scored so far are kept: run again with output_dir={out_dir} to finish the rest."
+    return f"Run again with output_dir={out_dir} to finish the rest."
 
 
-def resolve_workers(value: str, device: torch.device) -> int:
-    """num_workers: a count, or auto = the cores this process may use (on CPU, half)."""
-    if value != "auto":
-        if not value.isdigit():
-            raise UserError(
-                f"num_workers={value!r}; valid: auto or a count (0 = decode in-process)"
-            )
-        return int(value)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (cores or 1) if device.type != "cpu" else max(1, (cores or 1) // 2)
-
-
-def print_summary(r: dict[str, Any], out_dir: Path, *, reference: dict[str, float] | None) -> None:
+def print_summary(r: dict[str, Any], out_dir: Path) -> None:
     line = (
         f"top-1 {r['top1']:.3f}  top-5 {r['top5']:.3f}  ({r['n_labeled']} labeled)  "
         f"images {r['n_images']}  errors {r['n_errors']}  {r['images_per_sec']:.1f} img/s"
     )
-    if reference:
-        line += f"  [torchvision: top-1 {reference['acc@1']}, top-5 {reference['acc@5']}]"
     print(line)
+    restricted = ", outputs restricted to these classes" if r["restricted"] else ""
+    print(f"label space: {r['label_space']} ({r['label_source']}){restricted}")
+    if "real_top1" in r:
+        print(f"ImageNet-ReaL top-1 {r['real_top1']:.3f}  ({r['n_real']} images with ReaL labels)")
+    check = metrics.published_check(r)
+    if check:
+        print(check)
     if r["n_errors"]:
         print(
             f"{r['n_errors']} image(s) could not be scored: see the `error` column; "
             "they are left out of top-1/top-5"
         )
-    print(f"wrote {out_dir / 'predictions.parquet'} and {out_dir / 'metrics.parquet'}")
+    print(f"wrote {out_dir / rundir.PREDICTIONS} and {out_dir / rundir.METRICS}")

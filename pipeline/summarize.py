@@ -2,9 +2,10 @@
 
     python -m pipeline.summarize outputs/multirun/DATE/TIME
 
-Every job of the sweep is a row: `done` (with its numbers), `unfinished`
-(rows committed, no metrics yet: killed or still running), `failed: <error>`,
-`no results yet` (started, nothing committed) or `not started`.
+Every job of the sweep is a row: `done` (with its numbers), `failed: <error>`
+(the reason its last attempt recorded), `unfinished (N rows committed)` (killed,
+stopped or still running), `no results yet` (started, nothing committed) or
+`not started`. A sweep prints this table when it ends (`SweepReport`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 
-from pipeline import write
+from pipeline import rundir
 from pipeline.config import UserError
 
 COLUMNS = [
@@ -60,15 +62,15 @@ def job_row(job_dir: Path, number: int, overrides: list[str]) -> dict[str, Any]:
             "device": cfg.device,
             "amp": cfg.amp,
         }
-    if (job_dir / "metrics.parquet").exists():
-        m = pd.read_parquet(job_dir / "metrics.parquet").iloc[0]
+    if (job_dir / rundir.METRICS).exists():
+        m = pd.read_parquet(job_dir / rundir.METRICS).iloc[0]
         keep = ["top1", "top5", "n_images", "n_errors", "images_per_sec", "device", "amp"]
         return row | {k: m[k] for k in keep} | {"status": "done"}
-    parts = write.part_spans(job_dir / "parts") if (job_dir / "parts").exists() else []
-    if parts:
-        return row | {"status": f"unfinished ({sum(b - a for a, b, _ in parts)} rows committed)"}
-    if (job_dir / write.ERROR_FILE).exists():
-        return row | {"status": f"failed: {(job_dir / write.ERROR_FILE).read_text().strip()}"}
+    if (job_dir / rundir.ERROR_FILE).exists():
+        return row | {"status": f"failed: {(job_dir / rundir.ERROR_FILE).read_text().strip()}"}
+    committed = rundir.committed_rows(job_dir)
+    if committed:
+        return row | {"status": f"unfinished ({committed} rows committed)"}
     return row | {"status": "no results yet" if job_dir.exists() else "not started"}
 
 
@@ -81,10 +83,33 @@ def summarize(sweep_dir: Path) -> pd.DataFrame:
     table = table.reindex(columns=COLUMNS).astype(
         {"batch_size": "Int64", "n_images": "Int64", "n_errors": "Int64"}
     )
-    write.replace_atomically(
+    rundir.durable_write(
         sweep_dir / "summary.parquet", lambda tmp: table.to_parquet(tmp, index=False)
     )
     return table
+
+
+def print_table(table: pd.DataFrame) -> None:
+    with pd.option_context("display.width", 200, "display.max_colwidth", 60):
+        print(table.drop(columns="dir").to_string(index=False, float_format="%.3f"))
+
+
+LAST_SWEEP: dict[str, int] = {}  # what SweepReport found, for the entry point's exit status
+
+
+class SweepReport(Callback):
+    """Hydra callback (conf/config.yaml): when a sweep ends, print its table and count the
+    jobs that did not finish, so that `python -m pipeline -m ...` can exit non-zero."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            table = summarize(sweep_dir)
+        except UserError as e:
+            print(f"error: cannot summarize {sweep_dir}: {e}", file=sys.stderr)
+            return
+        print_table(table)
+        LAST_SWEEP.update(jobs=len(table), failed=int((table["status"] != "done").sum()))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,8 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    with pd.option_context("display.width", 200, "display.max_colwidth", 60):
-        print(table.drop(columns="dir").to_string(index=False, float_format="%.3f"))
+    print_table(table)
     print(f"wrote {args.sweep_dir / 'summary.parquet'}")
 
 

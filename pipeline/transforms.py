@@ -56,7 +56,7 @@ class Preprocess:
             backend=backend,
         )
 
-    def __call__(self, image: Any, roots: tuple[str, ...]) -> torch.Tensor:
+    def __call__(self, image: Any, roots: Roots) -> torch.Tensor:
         """An `Image(decode=False)` value -> uint8 (3, crop, crop); raises on undecodable data."""
         data = read_bytes(image, roots)
         header = open_image(data)  # reads the header only: format, mode, bomb check
@@ -90,15 +90,62 @@ class Preprocess:
                 batch.shape, dtype=dtype, device=batch.device, memory_format=memory_format
             )
         out.copy_(batch)
-        mean = torch.as_tensor(self.mean, dtype=dtype, device=out.device).view(-1, 1, 1)
-        std = torch.as_tensor(self.std, dtype=dtype, device=out.device).view(-1, 1, 1)
+        mean, std = _stats(tuple(self.mean), tuple(self.std), out.device, dtype)
         return out.div_(255.0).sub_(mean).div_(std)
 
 
-def read_bytes(image: Any, roots: tuple[str, ...]) -> bytes:
+@cache
+def _stats(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """mean and std as (3, 1, 1) tensors, made once per device and dtype: uploading them
+    every batch would be a blocking copy that waits for the previous forward on a GPU."""
+    return (
+        torch.tensor(mean, dtype=dtype, device=device).view(-1, 1, 1),
+        torch.tensor(std, dtype=dtype, device=device).view(-1, 1, 1),
+    )
+
+
+def _inside(path: str, roots: tuple[str, ...]) -> str | None:
+    """The root that `path` lies in, if any."""
+    return next((r for r in roots if path == r or path.startswith(r + os.sep)), None)
+
+
+@dataclass(frozen=True)
+class Roots:
+    """Where an image path stored in a dataset may lead.
+
+    confined: real paths (links resolved) must lie inside one of these: the dataset's own
+    folders and the HF cache. walked: folders whose listing produced the paths (an image
+    folder); a link found there belongs to the dataset and is followed. own: the dataset's
+    folders, that ids are relative to.
+    """
+
+    confined: tuple[str, ...] = ()
+    walked: tuple[str, ...] = ()
+    own: tuple[str, ...] = ()
+
+    def allows(self, path: str) -> bool:
+        if _inside(os.path.abspath(path), self.walked):
+            return True
+        return _inside(os.path.realpath(path), self.confined) is not None
+
+    def relative(self, path: str) -> str:
+        """An id for the image: its path inside the dataset's folder when it is there."""
+        for roots, where in (
+            (self.walked, os.path.abspath(path)),
+            (self.own, os.path.realpath(path)),
+        ):
+            root = _inside(where, roots)
+            if root:
+                return os.path.relpath(where, root)
+        return path
+
+
+def read_bytes(image: Any, roots: Roots) -> bytes:
     """The encoded bytes of an `Image(decode=False)` value ({bytes, path}).
 
-    A path is opened only inside `roots`: paths stored in a dataset are data.
+    A path is opened only where `roots` allows: paths stored in a dataset are data.
     """
     data, path = (
         (image.get("bytes"), image.get("path")) if isinstance(image, dict) else (image, None)
@@ -106,10 +153,9 @@ def read_bytes(image: Any, roots: tuple[str, ...]) -> bytes:
     if data is None:
         if not path:
             raise ValueError("no image bytes and no path")
-        real = os.path.realpath(path)
-        if not any(real == r or real.startswith(r + os.sep) for r in roots):
+        if not roots.allows(path):
             raise ValueError("path outside the dataset")
-        with open(real, "rb") as f:
+        with open(path, "rb") as f:
             data = f.read()
     if len(data) == 0:
         raise ValueError("empty file")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from helpers import LABELS, hub_dataset, hub_rows, jpeg, photo
+from helpers import LABELS, hub_dataset, hub_rows, jpeg, photo, wnid
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
@@ -38,10 +38,10 @@ def images() -> list[Image.Image]:
 
 @pytest.fixture
 def imagefolder(tmp_path: Path) -> Path:
-    """A folder of class subfolders; labels are the sorted folder names' positions."""
+    """ImageNet's layout: a folder per class named by WordNet id, each image in its class's."""
     root = tmp_path / "folder"
-    for i, _ in enumerate(LABELS):
-        d = root / f"class{i % 3}"
+    for i, label in enumerate(LABELS):
+        d = root / wnid(label)
         d.mkdir(parents=True, exist_ok=True)
         (d / f"img{i:02d}.jpg").write_bytes(jpeg(photo(i)))
     return root
@@ -77,18 +77,18 @@ def peaked_checkpoint(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def config(tmp_path: Path) -> Callable[..., Config]:
+def make_config(*overrides: str) -> Config:
     """Compose the real conf/ with overrides, shrunk for tests: cpu, 0 workers, no bar."""
+    register()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        base = ["device=cpu", "num_workers=0", "progress=false", "batch_size=4"]
+        cfg = compose("config", overrides=[*base, *overrides])
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
-    def make(*overrides: str) -> Config:
-        register()
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            base = ["device=cpu", "num_workers=0", "progress=false", "batch_size=4"]
-            cfg = compose("config", overrides=[*base, *overrides])
-        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
-    return make
+@pytest.fixture
+def config() -> Callable[..., Config]:
+    return make_config
 
 
 @pytest.fixture

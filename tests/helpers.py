@@ -35,6 +35,40 @@ def jpeg(image: Image.Image, **kwargs) -> bytes:
     return out.getvalue()
 
 
+def photo_split(path, n: int, size=(96, 80)):
+    """n small photo-like JPEGs as hub-style Parquet, labels i*7 % 1000 (built once)."""
+    if not path.exists():
+        rows = {
+            "image": [{"bytes": jpeg(photo(i % 17, size)), "path": f"{i}.jpg"} for i in range(n)],
+            "label": [i * 7 % 1000 for i in range(n)],
+        }
+        hub_dataset(rows).to_parquet(path)
+    return path
+
+
+def split_args(path) -> list[str]:
+    """Overrides for a run over a photo_split: random weights, small batches and parts."""
+    return [
+        "dataset=parquet",
+        f"dataset.data_files={path}",
+        "model.weights=none",
+        "batch_size=4",
+        "commit_rows=8",
+        "progress=false",
+    ]
+
+
+def uninterrupted(args: list[str], out):
+    """The predictions of one uninterrupted in-process run (scored once, then reused)."""
+    from conftest import make_config
+
+    from pipeline import run, rundir
+
+    if not (out / rundir.METRICS).exists():
+        run.evaluate(make_config(*args), out)
+    return out / rundir.PREDICTIONS
+
+
 def hub_rows(n: int = len(LABELS)) -> dict[str, list]:
     return {
         "image": [{"bytes": jpeg(photo(i)), "path": f"img{i:02d}.jpg"} for i in range(n)],
@@ -48,7 +82,7 @@ def load(path: str, **kwargs):
 
     args = dict(
         name=None,
-        split="train",
+        split=None,
         revision=None,
         data_dir=None,
         data_files=None,
@@ -60,10 +94,26 @@ def load(path: str, **kwargs):
     return data.load_split(path=path, **{**args, **kwargs})
 
 
-def hub_dataset(rows: dict[str, list]):
+def wnid(label: int) -> str:
+    """The WordNet id of an ImageNet class: the folder name ImageNet's layout gives it."""
+    from pipeline.labels import imagenet_classes
+
+    return imagenet_classes()[0][label]
+
+
+def categories() -> list[str]:
+    from torchvision.models import AlexNet_Weights
+
+    return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def hub_dataset(rows: dict[str, list], label=None):
+    """A hub-style dataset: labels are a ClassLabel with torchvision's 1000 names, as hub
+    datasets of ImageNet store them (or `label`, another feature)."""
     import datasets
 
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    label = label or datasets.ClassLabel(names=categories())
+    features = datasets.Features({"image": datasets.Image(), "label": label})
     extra = {k: datasets.Value("string") for k in rows if k not in features}
     return datasets.Dataset.from_dict(rows, features=datasets.Features({**features, **extra}))
 
@@ -92,3 +142,15 @@ def on_call(n: int, real, action):
         return real(*args, **kwargs)
 
     return wrapper
+
+
+def assert_same_predictions(a, b):
+    """Same rows, same order, same classes; probabilities equal to float tolerance."""
+    import pandas as pd
+
+    x, y = pd.read_parquet(a), pd.read_parquet(b)
+    cols = [c for c in x.columns if c not in ("topk", "topk_prob")]
+    assert list(x.columns) == list(y.columns)
+    pd.testing.assert_frame_equal(x[cols], y[cols])
+    assert np.stack(x["topk"]).tolist() == np.stack(y["topk"]).tolist()
+    np.testing.assert_allclose(np.stack(x["topk_prob"]), np.stack(y["topk_prob"]), rtol=1e-4)

@@ -43,7 +43,61 @@ def test_mistyped_key_names_the_valid_keys():
     with pytest.raises(UserError, match=r"'batchsize'.*Did you mean 'batch_size'.*Valid keys:.*"):
         check_override_keys(["batchsize=3"])
     check_override_keys(["batch_size=3", "dataset=imagenet-val", "dataset.split=x", "+foo=1"])
-    assert "dataset.image_column" in schema_keys()
+    assert "dataset.image_column" in schema_keys() and "metrics.real_labels" in schema_keys()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--config-dir=/tmp/conf", "batch_size=3"],
+        ["-cd", "/tmp/conf", "-cn", "other", "batch_size=3"],
+        ["--config-name", "other", "-m", "amp=off,bf16"],
+        ["--multirun", "hydra/launcher=slurm", "dataset=imagenet-r"],
+    ],
+)
+def test_hydras_own_flags_are_not_taken_for_keys(argv):
+    """Hydra's flags (-cd X, --config-dir=X, -cn, -m) pass; only the overrides are checked."""
+    check_override_keys(argv)
+    with pytest.raises(UserError, match="Unknown config key 'nope'"):
+        check_override_keys([*argv, "nope=1"])
+
+
+def readme_commands() -> list[list[str]]:
+    """Every `python -m pipeline ...` line of the README, split as bash would split it."""
+    import shlex
+
+    lines, text = [], (CONF_DIR.parent / "README.md").read_text()
+    for line in text.replace("\\\n", " ").splitlines():
+        line = line.strip().split("  #")[0]
+        if line.startswith("python -m pipeline ") and not line.startswith("python -m pipeline."):
+            lines.append(shlex.split(line)[3:])
+    return lines
+
+
+def test_every_readme_command_parses_as_pasted():
+    """Each README command, pasted into bash, gives Hydra overrides it can parse (quoting
+    included: validation[:1000] must reach Hydra quoted) and keys the schema has."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    commands = readme_commands()
+    assert len(commands) >= 10
+    parser = OverridesParser.create()
+    for argv in commands:
+        check_override_keys(argv)
+        parser.parse_overrides(get_args_parser().parse_args(argv).overrides)
+
+
+def test_split_slices_need_hydra_quotes(config):
+    """What the README's slice example must look like: quoted for Hydra inside bash quotes."""
+    import shlex
+
+    from hydra.errors import OverrideParseException
+
+    cfg = config(*shlex.split(""""dataset.split='validation[:1000]'" """))
+    assert cfg.dataset.split == "validation[:1000]"
+    with pytest.raises(OverrideParseException):
+        config(*shlex.split("dataset.split='validation[:1000]'"))
 
 
 def test_wrong_type_fails_at_compose(config):

@@ -14,6 +14,7 @@ from torchvision.models import AlexNet_Weights
 
 from pipeline import inference, run, transforms
 from pipeline.config import UserError
+from pipeline.transforms import Roots
 
 TRANSFORMS = AlexNet_Weights.IMAGENET1K_V1.transforms()
 PIL_PRE = transforms.Preprocess.from_transforms(TRANSFORMS, "pil")
@@ -31,8 +32,8 @@ def test_tensor_backend_is_within_one_level_of_the_reference(fmt):
     """Tensor decode + uint8 resize differs from the PIL reference by at most 1 level."""
     for seed in range(4):
         raw = encode(photo(seed, (500, 375)), fmt)
-        ref = PIL_PRE({"bytes": raw, "path": None}, ())
-        fast = FAST_PRE({"bytes": raw, "path": None}, ())
+        ref = PIL_PRE({"bytes": raw, "path": None}, Roots())
+        fast = FAST_PRE({"bytes": raw, "path": None}, Roots())
         diff = (ref.int() - fast.int()).abs()
         assert fast.dtype == torch.uint8 and fast.shape == ref.shape
         assert diff.max() <= 1, (fmt, seed, int(diff.max()))
@@ -50,15 +51,15 @@ def test_tensor_backend_is_within_one_level_of_the_reference(fmt):
 )
 def test_tensor_backend_hands_other_formats_to_pillow(raw):
     """Formats and modes the tensor decoders do not take go through Pillow, pixel for pixel."""
-    ref = PIL_PRE({"bytes": raw, "path": None}, ())
-    assert torch.equal(FAST_PRE({"bytes": raw, "path": None}, ()), ref)
+    ref = PIL_PRE({"bytes": raw, "path": None}, Roots())
+    assert torch.equal(FAST_PRE({"bytes": raw, "path": None}, Roots()), ref)
 
 
 def test_truncated_jpeg_is_an_error_in_the_tensor_backend_too():
     """A truncated JPEG is an error row in both backends, not a half-gray image."""
     good = jpeg(photo(0))
     with pytest.raises(ValueError, match=r"(?i)truncated|incomplete"):
-        FAST_PRE({"bytes": good[: len(good) // 2], "path": None}, ())
+        FAST_PRE({"bytes": good[: len(good) // 2], "path": None}, Roots())
 
 
 def test_low_precision_normalize_is_close_to_fp32():
@@ -99,7 +100,7 @@ def test_torchvision_io_stands_in_without_torchcodec(monkeypatch):
     import torchvision.io
 
     raw = jpeg(photo(0, (500, 375)))
-    with_codec = FAST_PRE({"bytes": raw, "path": None}, ())
+    with_codec = FAST_PRE({"bytes": raw, "path": None}, Roots())
     calls = []
     real = torchvision.io.decode_image
 
@@ -111,7 +112,7 @@ def test_torchvision_io_stands_in_without_torchcodec(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)  # its import now fails
     transforms._tensor_decoder.cache_clear()
     try:
-        without = FAST_PRE({"bytes": raw, "path": None}, ())
+        without = FAST_PRE({"bytes": raw, "path": None}, Roots())
     finally:
         transforms._tensor_decoder.cache_clear()
     assert calls and (with_codec.int() - without.int()).abs().max() <= 1

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import hub_dataset, jpeg, load, on_call, photo
+from helpers import hub_dataset, jpeg, load, on_call, photo, wnid
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -19,6 +19,9 @@ from torchvision.models import AlexNet_Weights
 
 from pipeline import data, inference, run, transforms
 from pipeline.config import UserError
+from pipeline.labels import LabelSpace
+from pipeline.stop import Stopped
+from pipeline.transforms import Roots
 
 BOMB_LIMIT = 100_000  # pixels; the test lowers Pillow's limit instead of building a 90 MP image
 
@@ -85,10 +88,10 @@ def hostile_parquet(tmp_path):
 def hostile_folder(tmp_path):
     root = tmp_path / "hostile"
     for i, (name, raw, _) in enumerate(CASES):
-        folder = root / f"class{i % 2}"  # two classes: with one, imagefolder drops labels
+        folder = root / wnid(i % 2)  # two classes: with one, imagefolder drops labels
         folder.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(raw)
-    return ["dataset=imagefolder", f"dataset.path={root}"]
+    return ["dataset=imagefolder", f"dataset.path={root}", "dataset.restrict=false"]
 
 
 @pytest.mark.parametrize("backend", ["pil", "tensor"])
@@ -235,6 +238,7 @@ def test_dataset_scripts_never_run(tmp_path):
 
 
 PRE = transforms.Preprocess.from_transforms(AlexNet_Weights.IMAGENET1K_V1.transforms())
+IDENTITY = LabelSpace("imagenet-1k", "declared", "int64")
 
 
 def mutated(seed_bytes: bytes):
@@ -280,8 +284,8 @@ def test_random_and_mutated_bytes_give_one_row_each(raw):
     """Whatever the bytes, the item is either a 224x224 uint8 crop or a short error: no crash."""
     ds = data.EvalDataset(
         RowsTable({"image": [{"bytes": raw, "path": None}], "label": [1]}),
-        rows=range(1), first_index=0, image_column="image", label_column="label",
-        id_column=None, preprocess=PRE, roots=(),
+        positions=range(1), offset=0, image_column="image", label_column="label",
+        id_column=None, labels=IDENTITY, preprocess=PRE, roots=Roots(),
     )  # fmt: skip
     (item,) = ds.__getitems__([0])
     assert (item["image"] is None) != (item["error"] is None)
@@ -311,7 +315,8 @@ def test_full_disk_leaves_no_file_that_looks_complete(config, tmp_path, parquet_
 def test_sigterm_while_decoding_is_a_stop_not_a_bad_image(
     config, tmp_path, parquet_file, monkeypatch
 ):
-    """SIGTERM landing inside a decoder stops the run; it is never recorded as an image error."""
+    """SIGTERM landing inside a decoder stops the run after that batch; the image it landed
+    on is decoded and scored, never recorded as an image error."""
 
     def term():
         os.kill(os.getpid(), signal.SIGTERM)
@@ -323,7 +328,8 @@ def test_sigterm_while_decoding_is_a_stop_not_a_bad_image(
         "model.weights=none",
         "commit_rows=1",
     )
-    with pytest.raises(run.Stopped, match="Stopped by SIGTERM"):
+    with pytest.raises(Stopped, match="Stopped by SIGTERM"):
         run.evaluate(cfg, tmp_path / "out")
-    parts = list((tmp_path / "out" / "parts").glob("part-*.parquet"))
-    assert len(parts) == 1 and pd.read_parquet(parts[0])["error"].isna().all()
+    parts = sorted((tmp_path / "out" / "parts").glob("part-*.parquet"))
+    frame = pd.concat(map(pd.read_parquet, parts))
+    assert frame["index"].tolist() == list(range(8)) and frame["error"].isna().all()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 
 from pipeline import metrics, write
@@ -28,13 +29,16 @@ def test_hits_count_top1_and_top5():
 
 def test_accuracy_counts_only_labeled_scored_rows(tmp_path):
     """top-1/top-5 are percent over rows that have a label and were scored."""
-    parts = tmp_path / "parts"
-    writer = write.PredictionWriter(parts, [f"c{i}" for i in range(10)], commit_rows=100)
+    tables = []
+    writer = write.PredictionWriter(
+        tables.append, [f"c{i}" for i in range(10)], write.schema(), commit_rows=100
+    )
     topk = np.array([[1, 2, 3, 4, 5], [2, 1, 3, 4, 5], [3, 4, 5, 6, 7]])
     writer.add(
         write.Scored(
             index=np.arange(5),
             id=[None] * 5,
+            dataset_label=[1, 1, 1, None, 4],
             label=[1, 1, 1, None, 4],
             error=[None, None, None, None, "broken"],
             ok=np.array([True, True, True, True, False]),
@@ -46,7 +50,7 @@ def test_accuracy_counts_only_labeled_scored_rows(tmp_path):
     )
     writer.commit()
     out = tmp_path / "p.parquet"
-    write.merge(write.part_spans(parts), out, start=0, stop=5)
+    pq.write_table(tables[0], out)
     r = metrics.accuracy(str(out))
     assert (r["n_images"], r["n_scored"], r["n_errors"], r["n_labeled"]) == (5, 4, 1, 3)
     assert math.isclose(r["top1"], 100 / 3) and math.isclose(r["top5"], 200 / 3)

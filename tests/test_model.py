@@ -97,14 +97,67 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
     assert not marker.exists()
 
 
+def stage(torch_home, name: str, state_dict) -> object:
+    path = torch_home / "hub" / "checkpoints" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state_dict, path)
+    return path
+
+
 def test_prestaged_torchvision_weights_load_offline(tmp_path, monkeypatch):
-    """IMAGENET1K_V1 goes through the weights API and reads a file pre-staged in $TORCH_HOME."""
+    """IMAGENET1K_V1 goes through the weights API and reads a file pre-staged in $TORCH_HOME
+    (here random weights, staged under a name carrying their own hash prefix, as
+    torchvision names its files)."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    staged = tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
-    staged.parent.mkdir(parents=True)
-    torch.save(torchvision.models.alexnet().state_dict(), staged)
+    staged = stage(tmp_path, "tmp.pth", torchvision.models.alexnet().state_dict())
+    name = f"alexnet-owt-{sha256(staged)[:8]}.pth"
+    staged = staged.rename(staged.with_name(name))
+    entry = torchvision.models.AlexNet_Weights.IMAGENET1K_V1
+    monkeypatch.setattr(entry.value, "url", entry.url.rsplit("/", 1)[0] + "/" + name)
     loaded = load_model(arch="alexnet", weights="IMAGENET1K_V1", sha256=None)
     assert loaded.sha256 == sha256(staged) and loaded.weights == "IMAGENET1K_V1"
+
+
+def test_wrong_file_under_torchvisions_name_is_refused(tmp_path, monkeypatch):
+    """A file staged as alexnet-owt-7be5be79.pth whose sha256 does not start with 7be5be79
+    is not IMAGENET1K_V1: refused, naming the file, before any image is scored."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    stage(tmp_path, "alexnet-owt-7be5be79.pth", torchvision.models.alexnet().state_dict())
+    loaded = load_model(arch="alexnet", weights="IMAGENET1K_V1", sha256=None)
+    with pytest.raises(
+        UserError, match=r"alexnet-owt-7be5be79.pth has sha256 .* starts with 7be5be79"
+    ):
+        _ = loaded.sha256
+
+
+def test_legacy_pth_and_truncated_safetensors(tmp_path):
+    """A pre-1.6 (non-zip) .pth state dict loads; a truncated .safetensors is one clear error."""
+    sd = torchvision.models.alexnet().state_dict()
+    legacy = tmp_path / "legacy.pth"
+    torch.save(sd, legacy, _use_new_zipfile_serialization=False)
+    loaded = load_model(arch="alexnet", weights=str(legacy), sha256=None)
+    assert torch.equal(loaded.model.classifier[6].bias, sd["classifier.6.bias"])
+    cut = tmp_path / "cut.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, cut)
+    cut.write_bytes(cut.read_bytes()[:1000])
+    with pytest.raises(UserError, match=r"Cannot read .*cut.safetensors as safetensors"):
+        load_model(arch="alexnet", weights=str(cut), sha256=None)
+
+
+def test_sha256_without_a_file_and_unknown_preprocess_are_refused(peaked_checkpoint):
+    """model.sha256 with weights=none, and a model.preprocess that names no weights, fail."""
+    with pytest.raises(UserError, match=r"model.sha256 is set but model.weights=none"):
+        load_model(arch="alexnet", weights="none", sha256=VALID_SHA)
+    with pytest.raises(UserError, match=r"model.preprocess=NOPE .*IMAGENET1K_V1"):
+        load_model(arch="alexnet", weights=str(peaked_checkpoint), sha256=None, preprocess="NOPE")
+    other = load_model(
+        arch="alexnet",
+        weights=str(peaked_checkpoint),
+        sha256=None,
+        preprocess="ResNet50_Weights.IMAGENET1K_V2",
+    )
+    assert other.preprocess == "ResNet50_Weights.IMAGENET1K_V2"
+    assert list(other.transforms.resize_size) == [232]  # ResNet50 V2's eval resize
 
 
 def test_unstaged_weights_offline_say_how_to_prestage(tmp_path, monkeypatch):

@@ -11,8 +11,9 @@ import torchvision
 from helpers import LABELS, run_cli
 from torchvision.models import AlexNet_Weights
 
+from pipeline.labels import imagenet_classes
 from pipeline.run import evaluate
-from pipeline.write import SCHEMA
+from pipeline.write import schema
 
 
 def reference(images, checkpoint) -> torch.Tensor:
@@ -47,10 +48,14 @@ def test_outputs_follow_the_contract(config, tmp_path, imagefolder):
     cfg = config("dataset=imagefolder", f"dataset.path={imagefolder}", "model.weights=none")
     evaluate(cfg, tmp_path / "out")
     table = pq.read_table(tmp_path / "out" / "predictions.parquet")
-    assert table.schema.equals(SCHEMA)
+    assert table.schema.equals(schema("int64"))
     frame = table.to_pandas()
     assert frame["index"].tolist() == list(range(len(LABELS)))
-    assert frame["id"].iloc[0] == "class0/img00.jpg" and frame["error"].isna().all()
+    wnids = imagenet_classes()[0]
+    folders = frame["id"].str.split("/").str[0]
+    assert [wnids[label] for label in frame["label"]] == folders.tolist()  # labels by folder name
+    assert sorted(frame["id"].str.split("/").str[1]) == [f"img{i:02d}.jpg" for i in range(12)]
+    assert frame["error"].isna().all()
     assert (
         frame["pred_name"].iloc[0]
         == AlexNet_Weights.IMAGENET1K_V1.meta["categories"][frame["pred"].iloc[0]]

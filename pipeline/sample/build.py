@@ -9,7 +9,8 @@ scikit-image and matplotlib ship in their wheels (licenses in SOURCES.md).
 Each photo is stored once as a plain JPEG and some again in another form
 (grayscale, CMYK, RGBA, palette, WebP, mirrored), so the default run also
 exercises the mode conversions. Labels are looked up by class name in
-torchvision's weight metadata, never typed as numbers.
+torchvision's weight metadata, never typed as numbers, and stored as a ClassLabel
+with those 1000 names, as a hub dataset stores them (so the label space is known).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def main(root: Path) -> None:
     features = datasets.Features(
         {
             "image": datasets.Image(),
-            "label": datasets.Value("int64"),
+            "label": datasets.ClassLabel(names=categories),
             "id": datasets.Value("string"),
         }
     )

@@ -1,0 +1,401 @@
+"""Label spaces: what a dataset's labels mean, as ImageNet-1k class ids, decided before inference.
+
+Accuracy is only computed in ImageNet-1k's label space. Resolution, first match wins:
+
+1. `dataset.classes`: `imagenet-1k` (labels are ImageNet ids), or a list / file giving,
+   in dataset-label order, a WordNet id, class index or class name per label, or a
+   JSON object mapping each label value to one;
+2. the label feature's class names (or an image folder's folder names): WordNet ids,
+   torchvision's category names or `ILSVRC/imagenet-1k`'s long names, exact first,
+   then case-insensitive; names that are all integers 0..999 are those ids (ImageNetV2);
+3. string label values, matched the same way;
+4. a 1000-class ClassLabel whose names are none of these: its ids as they are.
+
+Anything else (plain integers without names, floats, names that are not
+ImageNet classes, an ambiguous name) stops the run with one line saying what
+was found and what to do. A strict subset of the classes (ImageNet-R/-A,
+Imagenette) restricts the model's outputs to it unless `dataset.restrict=false`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib.resources import files
+from typing import Any
+
+from pipeline.config import UserError
+
+N_CLASSES = 1000
+FIX = (
+    "say what they mean with dataset.classes=..., "
+    "or set dataset.label_column=null for predictions only"
+)
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    """How dataset labels become ImageNet-1k ids, and which outputs the model may give."""
+
+    kind: str  # "imagenet-1k" | "subset:<n>" | "unlabeled"
+    source: str  # how the labels were read, in words (for the metrics row and the summary)
+    label_type: str  # the dataset's own label type: "int64" or "string"
+    table: tuple[int, ...] | None = None  # int dataset label -> ImageNet id; None: the same id
+    names: tuple[tuple[str, int], ...] | None = None  # string dataset label -> ImageNet id
+    subset: tuple[int, ...] | None = None  # the ImageNet ids outputs are restricted to
+
+    @property
+    def restricted(self) -> bool:
+        return self.subset is not None
+
+    def to_imagenet(self, value: Any) -> int | None:
+        """A dataset label -> the ImageNet id it is compared with (None: unknown)."""
+        if value is None or value == -1 or self.kind == "unlabeled":
+            return None
+        if self.names is not None:
+            return dict(self.names)[value]
+        return int(value) if self.table is None else self.table[int(value)]
+
+    def digest(self) -> str:
+        """A short hash of the mapping: resume and merge refuse a folder scored under another."""
+        text = json.dumps([self.kind, self.table, self.names, self.subset])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def check(self, values: Sequence[Any], rows: Sequence[int]) -> None:
+        """Refuse, before inference, a label the mapping does not cover, naming its row."""
+        if self.kind == "unlabeled":
+            return
+        known = dict(self.names) if self.names is not None else None
+        size = N_CLASSES if self.table is None else len(self.table)
+        for row, v in zip(rows, values, strict=True):
+            if v is None or v == -1:
+                continue
+            if known is not None and v not in known:
+                raise UserError(f"Label {v!r} at row {row} is not an ImageNet class name; {FIX}")
+            if known is None and not 0 <= v < size:
+                raise UserError(
+                    f"Label {v} at row {row} is outside 0..{size - 1} "
+                    f"({self.source}; -1 or null mean unknown); check dataset.label_column"
+                )
+
+
+UNLABELED = LabelSpace("unlabeled", "no label column", "int64")
+
+
+# ---------------------------------------------------------------- vocabulary
+
+
+@cache
+def imagenet_classes() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(WordNet ids, long names) of the 1000 classes, in order (classes/SOURCES.md)."""
+    rows = files("pipeline").joinpath("classes/imagenet-1k.tsv").read_text().splitlines()
+    wnids, long_names = zip(*(r.split("\t", 1) for r in rows), strict=True)
+    return wnids, long_names
+
+
+@cache
+def _vocabularies() -> tuple[tuple[str, ...], ...]:
+    from torchvision.models import AlexNet_Weights
+
+    wnids, long_names = imagenet_classes()
+    return wnids, tuple(AlexNet_Weights.IMAGENET1K_V1.meta["categories"]), long_names
+
+
+@cache
+def _lookup() -> tuple[dict[str, set[int]], dict[str, set[int]]]:
+    """name -> ids, exact and lower-cased, over all three vocabularies."""
+    exact: dict[str, set[int]] = {}
+    folded: dict[str, set[int]] = {}
+    for vocabulary in _vocabularies():
+        for i, name in enumerate(vocabulary):
+            exact.setdefault(name, set()).add(i)
+            folded.setdefault(name.lower(), set()).add(i)
+    return exact, folded
+
+
+def class_id(entry: Any) -> int | None:
+    """A WordNet id, class index or class name -> its ImageNet id; None if unknown.
+    Raises on a name that is more than one class ("crane": the bird and the machine)."""
+    if isinstance(entry, bool):
+        return None
+    if isinstance(entry, int) or (isinstance(entry, str) and entry.strip().isdigit()):
+        index = int(entry)
+        return index if 0 <= index < N_CLASSES else None
+    if not isinstance(entry, str):
+        return None
+    exact, folded = _lookup()
+    ids = exact.get(entry.strip()) or folded.get(entry.strip().lower())
+    if not ids:
+        return None
+    if len(ids) > 1:
+        raise UserError(
+            f"Class name {entry!r} is more than one ImageNet class "
+            f"({', '.join(str(i) for i in sorted(ids))}); name it by WordNet id or index "
+            f"in dataset.classes"
+        )
+    return next(iter(ids))
+
+
+def _is_identity(names: Sequence[str]) -> bool:
+    """All 1000 names of one vocabulary, in its order: the labels are the ids themselves
+    (ambiguous names such as ILSVRC's two 'crane's are then no problem)."""
+    lowered = [n.strip().lower() for n in names]
+    return len(names) == N_CLASSES and any(
+        lowered == [v.lower() for v in vocabulary] for vocabulary in _vocabularies()
+    )
+
+
+def map_names(names: Sequence[Any], what: str) -> tuple[int, ...]:
+    """Each of `names` -> an ImageNet id, or one line saying which are not classes."""
+    if _is_identity([str(n) for n in names]):
+        return tuple(range(N_CLASSES))
+    ids = [class_id(n) for n in names]
+    unknown = [str(n) for n, i in zip(names, ids, strict=True) if i is None]
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (
+            f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
+        )
+        found = f"{what} {shown}"
+        if len(unknown) == len(names):
+            raise UserError(f"{found}: not ImageNet classes; {FIX}")
+        raise UserError(
+            f"{found} {'is' if len(unknown) == 1 else 'are'} not ImageNet classes; {FIX}"
+        )
+    return tuple(i for i in ids if i is not None)
+
+
+# ---------------------------------------------------------------- resolution
+
+
+def resolve(
+    features: Any,
+    *,
+    label_column: str | None,
+    classes: Any,
+    restrict: str,
+    folder_names: Sequence[str] | None,
+    string_values: Sequence[str] | None,
+) -> LabelSpace:
+    """Decide the label space from the label feature (and, for string labels, the values).
+
+    folder_names: all class folders of an image folder, empty ones included, when the
+    labels are folder names (datasets drops empty folders from its ClassLabel).
+    string_values: the distinct values of a string label column (None when streaming).
+    """
+    if restrict not in ("auto", "false", "False"):
+        raise UserError(f"dataset.restrict={restrict}; valid: auto or false")
+    if label_column is None:
+        return UNLABELED
+    feature = features[label_column]
+    kind = _feature_kind(feature, label_column)
+    if classes is not None:
+        table, names, source = _from_classes(classes, kind)
+    elif kind == "classlabel":
+        what = "labels are folder names" if folder_names is not None else "labels are class names"
+        table, source = _from_classlabel(list(feature.names), what)
+        names = None
+    elif kind == "string":
+        if string_values is None and restrict == "auto":
+            raise UserError(
+                "String labels in a streamed split: their classes are not known before scoring; "
+                "set dataset.restrict=false to score over all 1000 classes, or "
+                "dataset.streaming=false"
+            )
+        values = sorted(string_values or [])
+        names = tuple(zip(values, map_names(values, "labels are strings"), strict=True))
+        table, source = None, f"string labels matched by name ({len(values)})"
+    else:
+        raise UserError(
+            f"Labels in '{label_column}' are plain integers without class names: they may not "
+            f"be ImageNet ids; if they are, set dataset.classes=imagenet-1k; else {FIX}"
+        )
+    covered = _classes_present(table, names, folder_names)
+    if covered is None or len(covered) == N_CLASSES:
+        return LabelSpace("imagenet-1k", source, _label_type(kind), table, names)
+    subset = tuple(sorted(covered)) if restrict == "auto" else None
+    return LabelSpace(f"subset:{len(covered)}", source, _label_type(kind), table, names, subset)
+
+
+def _feature_kind(feature: Any, column: str) -> str:
+    import datasets
+
+    if isinstance(feature, datasets.ClassLabel):
+        return "classlabel"
+    dtype = getattr(feature, "dtype", None)
+    if isinstance(feature, datasets.Value) and dtype and re.fullmatch(r"u?int\d+", dtype):
+        return "int"
+    if isinstance(feature, datasets.Value) and dtype in ("string", "large_string"):
+        return "string"
+    if isinstance(feature, datasets.Value) and dtype and dtype.startswith("float"):
+        raise UserError(
+            f"Labels in '{column}' are floats: not class ids; point dataset.label_column at "
+            f"an integer or string column, or set it to null for predictions only"
+        )
+    raise UserError(
+        f"Labels in '{column}' are {dtype or type(feature).__name__}, which cannot be class "
+        f"ids; point dataset.label_column at an integer or string column, or set it to null"
+    )
+
+
+def _label_type(kind: str) -> str:
+    return "string" if kind == "string" else "int64"
+
+
+def _from_classlabel(labels: list[str], what: str) -> tuple[tuple[int, ...] | None, str]:
+    """ClassLabel names -> (table, source); None table: a 1000-class dataset whose names are
+    none of ImageNet's keeps its ids as they are."""
+    if labels and all(n.strip().isdigit() and int(n) < N_CLASSES for n in labels):
+        return tuple(int(n) for n in labels), f"{what}, ImageNet class indices ({len(labels)})"
+    if len(labels) == N_CLASSES and not any(_known(n) for n in labels):
+        return None, "1000 class names that are not ImageNet's: their ids taken as they are"
+    return map_names(labels, what), f"{what} ({len(labels)})"
+
+
+def _known(name: str) -> bool:
+    exact, folded = _lookup()
+    return name.strip() in exact or name.strip().lower() in folded
+
+
+def _try_id(entry: Any) -> int | None:
+    """class_id, with ambiguous names counted as unknown."""
+    try:
+        return class_id(entry)
+    except UserError:
+        return None
+
+
+def _from_classes(
+    classes: Any, kind: str
+) -> tuple[tuple[int, ...] | None, tuple[tuple[str, int], ...] | None, str]:
+    """dataset.classes: imagenet-1k, a list, a text file (one per line) or a JSON list/object."""
+    where = "dataset.classes"
+    if isinstance(classes, str) and classes.strip().lower() == "imagenet-1k":
+        if kind == "string":
+            raise UserError("dataset.classes=imagenet-1k needs integer labels; these are strings")
+        return None, None, "labels declared ImageNet-1k ids (dataset.classes=imagenet-1k)"
+    if isinstance(classes, str):
+        where, classes = os.path.basename(classes), _read_classes(classes)
+    if isinstance(classes, dict):
+        keys = [str(k) for k in classes]
+        ids = map_names(list(classes.values()), f"{where} names")
+        if kind == "string":
+            return None, tuple(zip(keys, ids, strict=True)), f"labels mapped by {where}"
+        if not all(k.lstrip("-").isdigit() for k in keys):
+            raise UserError(f"{where} maps names, but the labels are integers; give a list")
+        table = [-1] * (max(int(k) for k in keys) + 1)
+        for k, i in zip(keys, ids, strict=True):
+            table[int(k)] = i
+        if -1 in table:
+            raise UserError(f"{where} leaves label {table.index(-1)} without a class")
+        return tuple(table), None, f"labels mapped by {where}"
+    if kind == "string":
+        raise UserError(f"{where} is a list, but the labels are strings; give a JSON object")
+    entries = list(classes)
+    return (
+        map_names(entries, f"{where} entries"),
+        None,
+        f"labels mapped by {where} ({len(entries)})",
+    )
+
+
+def _read_classes(path: str) -> Any:
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise UserError(f"dataset.classes={path}: cannot read it ({e.strerror or e})") from None
+    if path.endswith(".json"):
+        try:
+            return json.loads(text)
+        except ValueError as e:
+            raise UserError(f"dataset.classes={path} is not valid JSON: {e}") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _classes_present(
+    table: tuple[int, ...] | None,
+    names: tuple[tuple[str, int], ...] | None,
+    folder_names: Sequence[str] | None,
+) -> set[int] | None:
+    """The ImageNet ids the dataset's classes cover (None: all, by declaration). An image
+    folder's empty class folders count: a partial copy of ImageNet's 1000 folders is still
+    ImageNet-1k, as torchvision's ImageFolder sees it."""
+    if table is not None:
+        present = set(table)
+        with_empty = [_try_id(n) for n in folder_names or []]
+        if with_empty and None not in with_empty:
+            present |= {i for i in with_empty if i is not None}
+        return present
+    if names is not None:
+        return {i for _, i in names}
+    return None
+
+
+# ------------------------------------------------------------ ImageNet-ReaL
+
+VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})\.JPEG", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class RealLabels:
+    """ImageNet-ReaL (Beyer et al. 2020): for each val image, the set of labels reassessed as
+    correct; a top-1 counts when it is in the set, and images with an empty set are left out.
+    Entry k of real.json is ILSVRC2012_val_<k+1>.JPEG."""
+
+    path: str
+    sha256: str
+    sets: tuple[frozenset[int], ...]
+
+    @classmethod
+    def load(cls, path: str) -> RealLabels:
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+            entries = json.loads(raw)
+        except OSError as e:
+            raise UserError(
+                f"metrics.real_labels={path}: cannot read it ({e.strerror or e})"
+            ) from None
+        except ValueError as e:
+            raise UserError(f"metrics.real_labels={path} is not valid JSON: {e}") from None
+        if not isinstance(entries, list) or not all(
+            isinstance(s, list) and all(isinstance(i, int) and 0 <= i < N_CLASSES for i in s)
+            for s in entries
+        ):
+            raise UserError(
+                f"metrics.real_labels={path} is not a ReaL file: a JSON list with, per val "
+                f"image, a list of class ids 0..999 (google-research/reassessed-imagenet real.json)"
+            )
+        digest = hashlib.sha256(raw).hexdigest()
+        return cls(path, digest, tuple(frozenset(s) for s in entries))
+
+    def entry(self, image_id: str | None) -> int | None:
+        """The real.json entry of an image, from its val file name (None if it has none)."""
+        match = VAL_NAME.search(os.path.basename(image_id or ""))
+        if not match or not 1 <= int(match[1]) <= len(self.sets):
+            return None
+        return int(match[1]) - 1
+
+    def check(self, ids: Sequence[str | None], rows: Sequence[int]) -> None:
+        """Every row must name its val image, before any is scored."""
+        for row, image_id in zip(rows, ids, strict=True):
+            if self.entry(image_id) is None:
+                raise UserError(
+                    f"metrics.real_labels: row {row} is {image_id!r}, not an "
+                    f"ImageNet val file name (ILSVRC2012_val_00000001.JPEG .. "
+                    f"{len(self.sets):08d}); ReaL labels fit only ImageNet-1k val"
+                )
+
+    def correct(self, ids: Sequence[str | None], preds: Sequence[int | None]) -> list[bool | None]:
+        """Per row: top-1 in the ReaL set; None for unscored rows and empty sets."""
+        out: list[bool | None] = []
+        for image_id, pred in zip(ids, preds, strict=True):
+            k = self.entry(image_id)
+            labels = self.sets[k] if k is not None else frozenset()
+            out.append(None if pred is None or not labels else pred in labels)
+        return out

@@ -1,0 +1,388 @@
+"""The run folder protocol: one writer at a time, durable parts, exact resume, checked merge.
+
+    <run folder>/
+      .lock                 flock'ed by the one run writing here (its pid and host inside)
+      run.json              the resolved plan; a rerun must agree with its "results" part
+      parts/part-<first>-<stop>.parquet   committed rows, any sizes, any order
+      parts/damaged/        parts that failed validation, moved aside and scored again
+      error.txt             why the last attempt failed (for pipeline.summarize)
+      predictions.parquet   all rows in split order      } written last, only when every
+      metrics.parquet       one row; marks it finished   } row is committed exactly once
+
+Any interruption leaves a folder that one plain rerun finishes: every write is
+a unique temporary name, fsync, rename, fsync of the folder; every part is
+validated when read; the rerun scores exactly the rows no valid part holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import logging
+import os
+import secrets
+import shutil
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.config import UserError
+
+log = logging.getLogger(__name__)
+
+LOCK, RUN_FILE, ERROR_FILE = ".lock", "run.json", "error.txt"
+PREDICTIONS, METRICS, PARTS = "predictions.parquet", "metrics.parquet", "parts"
+PART_NAME = "part-{:012d}-{:012d}.parquet"
+TMP_SUFFIX = ".tmp"
+
+
+class FolderBusy(UserError):
+    """Another run holds the folder's lock: never record this in the folder."""
+
+
+# ------------------------------------------------------------ durable writes
+
+
+def durable_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """write(tmp) under a unique temporary name, fsync, rename over `path`, fsync the folder:
+    after a crash at any moment `path` is the old file, the new one, or absent; never partial."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}{TMP_SUFFIX}")
+    try:
+        write(tmp)
+        _fsync(tmp)
+        os.replace(tmp, path)
+        _fsync(path.parent)
+    except OSError as e:  # a full or vanished disk: leave nothing that looks written
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"Cannot write {path}: {e.strerror or e}") from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: Path, value: Any) -> None:
+    text = json.dumps(value, indent=1, sort_keys=True, default=str)
+    durable_write(path, lambda tmp: tmp.write_text(text))
+
+
+def check_writable(path: Path) -> None:
+    """Fail before any model or data work when the folder cannot be written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}{TMP_SUFFIX}"  # one per process: ranks probe
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"Cannot write to output folder {path}: {e.strerror or e}") from None
+
+
+# --------------------------------------------------------------------- lock
+
+
+def _take_lock(path: Path) -> int:
+    """An exclusive flock held for the whole run; the kernel drops it when the holder dies,
+    so a SIGKILL leaves no stale lock."""
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "holder unknown"
+        os.close(fd)
+        raise FolderBusy(
+            f"{path} is in use by another run ({holder}); wait for it to end, "
+            f"or choose another output_dir"
+        ) from None
+    except OSError as e:  # a file system without flock (some network mounts)
+        log.warning("cannot lock %s (%s): make sure one run at a time writes there", path, e)
+    started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {started}".encode(), 0)
+    return fd
+
+
+def record_error(path: Path, message: str) -> None:
+    """Write why a run failed, unless another run holds the folder or it is finished."""
+    if not path.is_dir() or (path / METRICS).exists():
+        return
+    try:
+        fd = _take_lock(path)
+    except (UserError, OSError):
+        return
+    try:
+        with contextlib.suppress(UserError):
+            durable_write(path / ERROR_FILE, lambda tmp: tmp.write_text(message.strip() + "\n"))
+    finally:
+        os.close(fd)
+
+
+# -------------------------------------------------------------------- parts
+
+
+@dataclass(frozen=True)
+class Part:
+    first: int
+    stop: int
+    path: Path
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Which committed rows to take from which part, and which rows no valid part holds."""
+
+    segments: list[tuple[Part, int, int]]  # (part, first row taken, stop row taken)
+    missing: list[tuple[int, int | None]]  # None: to the end of a split of unknown length
+
+
+def list_parts(parts_dir: Path) -> list[Part]:
+    found = []
+    for p in parts_dir.glob("part-*.parquet") if parts_dir.is_dir() else []:
+        name = p.name.removeprefix("part-").removesuffix(".parquet").split("-")
+        if len(name) == 2 and all(x.isdigit() for x in name) and int(name[0]) < int(name[1]):
+            found.append(Part(int(name[0]), int(name[1]), p))
+    return sorted(found, key=lambda q: (q.first, q.stop))
+
+
+def damage(path: Path, first: int, stop: int, schema: pa.Schema) -> str | None:
+    """Why a part file cannot be trusted (None when it can): its footer, row count, columns
+    and `index` must all agree with the rows its name claims."""
+    try:
+        with pq.ParquetFile(path) as file:
+            if file.metadata.num_rows != stop - first:
+                return f"it holds {file.metadata.num_rows} rows, its name says {stop - first}"
+            if not file.schema_arrow.remove_metadata().equals(schema):
+                return "its columns are not this run's"
+            index = file.read(columns=["index"]).column("index").to_numpy()
+        if not np.array_equal(index, np.arange(first, stop)):
+            return "its index column does not match its name"
+    except (OSError, pa.ArrowException) as e:
+        return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    return None
+
+
+def cover(parts: list[Part], start: int, stop: int | None) -> Coverage:
+    """Take each row of start..stop from one part (the one reaching furthest), so overlaps
+    keep one copy; rows no part holds are missing."""
+    segments: list[tuple[Part, int, int]] = []
+    missing: list[tuple[int, int | None]] = []
+    cursor, i = start, 0
+    while stop is None or cursor < stop:
+        best = None
+        while i < len(parts) and parts[i].first <= cursor:
+            if best is None or parts[i].stop > best.stop:
+                best = parts[i]
+            i += 1
+        if best is not None and best.stop > cursor:
+            end = best.stop if stop is None else min(best.stop, stop)
+            segments.append((best, cursor, end))
+            cursor = end
+            continue
+        following = [p.first for p in parts[i:] if p.stop > cursor]
+        gap_end = min(following) if following else stop
+        if stop is not None and gap_end is not None:
+            gap_end = min(gap_end, stop)
+        missing.append((cursor, gap_end))
+        if gap_end is None:
+            break
+        cursor = gap_end
+    return Coverage(segments, missing)
+
+
+def rows_of(missing: list[tuple[int, int | None]]) -> int | None:
+    """How many rows are missing (None when the last range is open-ended)."""
+    if missing and missing[-1][1] is None:
+        return None
+    return sum(b - a for a, b in missing)  # type: ignore[operator]
+
+
+# ----------------------------------------------------------------- the folder
+
+
+class RunFolder:
+    """A run folder as this process sees it; the `owner` (rank 0 of a job) takes its lock
+    for the whole run, checks the plan, finds the missing rows and merges at the end."""
+
+    def __init__(self, path: Path, *, owner: bool) -> None:
+        self.path, self.owner = path, owner
+        self.parts_dir = path / PARTS
+        self._lock: int | None = None
+
+    def lock(self) -> None:
+        """Take the folder (owner only), then clear what interrupted writes left."""
+        if self.owner:
+            self._lock = _take_lock(self.path)
+            self.clean()
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    @property
+    def finished(self) -> bool:
+        return (self.path / METRICS).exists()
+
+    def check_plan(self, record: dict[str, Any]) -> None:
+        """Store the plan; a folder made under another plan is refused, naming what differs.
+        Only the "results" part must agree: batch size, workers and the like may change."""
+        path = self.path / RUN_FILE
+        record = json.loads(json.dumps(record, default=str))
+        if path.exists():
+            before = read_plan(self.path)
+            if "results" not in before:
+                raise UserError(
+                    f"{self.path} was made by an older version of this pipeline; finish it "
+                    f"with that version, or use a new output folder"
+                )
+            diff = plan_difference(before["results"], record["results"])
+            if diff:
+                raise UserError(
+                    f"{self.path} holds a run made under other settings ({diff}); "
+                    f"use a new output folder, or the same settings to resume"
+                )
+        write_json(path, record)
+
+    def clean(self) -> None:
+        """Remove what interrupted writes left: temporary files, and the parts of a run
+        that finished just before it was killed."""
+        for folder in (self.path, self.parts_dir):
+            for tmp in folder.glob(f".*{TMP_SUFFIX}") if folder.is_dir() else []:
+                tmp.unlink(missing_ok=True)
+        if self.finished and self.parts_dir.exists():
+            _remove_parts(self.parts_dir)
+
+    def scan(self, schema: pa.Schema, start: int, stop: int | None) -> Coverage:
+        """Validate every part; move damaged ones to parts/damaged/ (their rows are then
+        missing and scored again)."""
+        good = []
+        for part in list_parts(self.parts_dir):
+            reason = damage(part.path, part.first, part.stop, schema)
+            if reason is None:
+                good.append(part)
+                continue
+            aside = self.parts_dir / "damaged" / part.path.name
+            aside.parent.mkdir(exist_ok=True)
+            os.replace(part.path, aside)
+            log.warning(
+                "damaged part %s (%s): moved to %s; its rows are scored again",
+                part.path.name,
+                reason,
+                aside.parent,
+            )
+        return cover(good, start, stop)
+
+    def commit_part(self, table: pa.Table) -> None:
+        """One part of consecutive rows; once this returns it survives any crash."""
+        first = table["index"][0].as_py()
+        stop = first + table.num_rows
+        assert table["index"][-1].as_py() == stop - 1, "a part holds consecutive rows"
+        self.parts_dir.mkdir(exist_ok=True)
+        path = self.parts_dir / PART_NAME.format(first, stop)
+        durable_write(path, lambda tmp: pq.write_table(table, tmp))
+
+    def finish(
+        self,
+        schema: pa.Schema,
+        start: int,
+        stop: int | None,
+        metrics_row: Callable[[Path], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Merge the parts into predictions.parquet (split order, each row once), then write
+        metrics.parquet, which marks the folder finished; then drop the parts."""
+        coverage = self.scan(schema, start, stop)
+        gaps = [m for m in coverage.missing if m[1] is not None]
+        if gaps:
+            a, b = gaps[0]
+            raise UserError(
+                f"Rows {a}..{b} of {self.path} are not committed; run again to score them"
+            )
+        predictions = self.path / PREDICTIONS
+        write_segments(coverage.segments, predictions, schema)
+        row = metrics_row(predictions)
+        write_metrics(self.path / METRICS, row)
+        _remove_parts(self.parts_dir)
+        (self.path / ERROR_FILE).unlink(missing_ok=True)  # from an earlier, failed attempt
+        return row
+
+
+@contextlib.contextmanager
+def open_folder(path: Path) -> Iterator[RunFolder]:
+    """A run folder for writing by this one process: writable, locked, cleaned up."""
+    check_writable(path)
+    folder = RunFolder(path, owner=True)
+    folder.lock()
+    try:
+        yield folder
+    finally:
+        folder.unlock()
+
+
+def plan_difference(before: dict[str, Any], now: dict[str, Any]) -> str:
+    """'key: old -> new; ...' for every result setting that differs ('' when none)."""
+    keys = sorted(before.keys() | now.keys())
+    return "; ".join(
+        f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys if before.get(k) != now.get(k)
+    )
+
+
+def read_plan(path: Path) -> dict[str, Any]:
+    file = path / RUN_FILE
+    if not file.exists():
+        raise UserError(f"{path} is not a run folder of this pipeline (no {RUN_FILE})")
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{file} cannot be read: {e}") from None
+
+
+def write_segments(
+    segments: list[tuple[Part, int, int]], out_path: Path, schema: pa.Schema
+) -> None:
+    """Concatenate rows [a, b) of each segment's file into one Parquet file, one file in
+    memory at a time; every row's `index` is checked to be the next one."""
+
+    def write(tmp: Path) -> None:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for part, a, b in segments:
+                table = pq.read_table(part.path, schema=schema).slice(a - part.first, b - a)
+                index = table.column("index").to_numpy()
+                if not np.array_equal(index, np.arange(a, b)):
+                    raise UserError(f"{part.path} changed while merging: run again")
+                writer.write_table(table)
+
+    durable_write(out_path, write)
+
+
+def write_metrics(path: Path, row: dict[str, Any]) -> None:
+    """The run's one-row metrics table."""
+    import pandas as pd
+
+    durable_write(path, lambda tmp: pd.DataFrame([row]).to_parquet(tmp, index=False))
+
+
+def committed_rows(path: Path) -> int:
+    """Rows committed in parts (for pipeline.summarize), overlaps counted once."""
+    parts = list_parts(path / PARTS)
+    if not parts:
+        return 0
+    coverage = cover(parts, parts[0].first, max(p.stop for p in parts))
+    return sum(b - a for _, a, b in coverage.segments)
+
+
+def _remove_parts(parts_dir: Path) -> None:
+    shutil.rmtree(parts_dir, ignore_errors=True)

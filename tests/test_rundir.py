@@ -1,0 +1,289 @@
+"""The run folder protocol, in process: any interruption, any parts, one rerun finishes it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from helpers import (
+    assert_same_predictions,
+    hub_dataset,
+    jpeg,
+    photo,
+    photo_split,
+    split_args,
+    uninterrupted,
+)
+
+from pipeline import inference, run, rundir, write
+from pipeline.config import UserError
+from pipeline.merge import merge_shards
+from pipeline.rundir import Part, cover
+from pipeline.stop import Stopped
+
+N = 40
+
+
+@pytest.fixture(scope="module")
+def forty(tmp_path_factory):
+    """A 40-image split and its uninterrupted run (scored once for the whole module)."""
+    return photo_split(tmp_path_factory.mktemp("forty") / "forty.parquet", N, (64, 48))
+
+
+@pytest.fixture
+def args(forty):
+    return split_args(forty)
+
+
+@pytest.fixture
+def whole(args, tmp_path_factory):
+    return uninterrupted(args, tmp_path_factory.getbasetemp() / "forty-whole")
+
+
+def test_cover_takes_each_row_once_and_finds_every_gap():
+    """Parts of any sizes, with overlaps and gaps anywhere: each row from one part, the rest
+    missing (an open end when the split's length is unknown)."""
+    parts = [
+        Part(0, 8, Path("a")),
+        Part(4, 12, Path("b")),
+        Part(20, 24, Path("c")),
+        Part(22, 23, Path("d")),
+    ]
+    c = cover(parts, 0, 30)
+    assert [(p.path.name, a, b) for p, a, b in c.segments] == [
+        ("a", 0, 8),
+        ("b", 8, 12),
+        ("c", 20, 24),
+    ]
+    assert c.missing == [(12, 20), (24, 30)]
+    assert cover(parts, 2, 10).missing == [] and cover([], 5, 9).missing == [(5, 9)]
+    assert cover(parts, 0, None).missing == [(12, 20), (24, None)]
+    assert rundir.rows_of(c.missing) == 14 and rundir.rows_of([(3, None)]) is None
+
+
+def signal_at(monkeypatch, where: str, signum: int, nth: int = 2) -> None:
+    """Deliver `signum` to this process at the nth call of one step of landing or committing."""
+    targets = {
+        "before-land": (inference, "_land_oldest"),
+        "before-add": (write.PredictionWriter, "add"),
+        "inside-commit": (pq, "write_table"),  # after it: the part is written, not renamed
+        "after-commit": (rundir.RunFolder, "commit_part"),
+    }
+    owner, name = targets[where]
+    real = getattr(owner, name)
+    calls = []
+    after = where in ("inside-commit", "after-commit")
+
+    def wrapper(*a, **k):
+        calls.append(1)
+        if not after and len(calls) == nth:
+            os.kill(os.getpid(), signum)
+        out = real(*a, **k)
+        if after and len(calls) == nth:
+            os.kill(os.getpid(), signum)
+        return out
+
+    monkeypatch.setattr(owner, name, wrapper)
+
+
+@pytest.mark.parametrize("where", ["before-land", "before-add", "inside-commit", "after-commit"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_at_any_point_of_landing_is_resumed_exactly(
+    config, args, tmp_path, whole, monkeypatch, where, signum
+):
+    """A signal at each step of landing and committing a batch stops the run cleanly (exit
+    code 128+signal, the resume hint); the rerun scores only the rest and equals an
+    uninterrupted run row for row."""
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        signal_at(m, where, signum)
+        with pytest.raises(Stopped) as stopped:
+            run.evaluate(config(*args), out)
+    assert stopped.value.exit_code == 128 + signum
+    assert f"output_dir={out}" in str(stopped.value)
+    committed = rundir.committed_rows(out)
+    assert 0 < committed < N and not (out / rundir.PREDICTIONS).exists()
+    launched = []
+    monkeypatch.setattr(inference, "launch", counting(inference.launch, launched))
+    run.evaluate(config(*args), out)
+    assert sum(launched) == N - committed  # exactly the missing rows
+    assert_same_predictions(out / rundir.PREDICTIONS, whole)
+
+
+def counting(real, counts):
+    def wrapper(batch, *a):
+        counts.append(len(batch["index"]))
+        return real(batch, *a)
+
+    return wrapper
+
+
+def test_parts_with_gaps_overlaps_and_damage_are_finished_exactly(
+    config, args, tmp_path, whole, monkeypatch, caplog
+):
+    """Parts left by other runs (other sizes, gaps anywhere, an overlap, a truncated file, a
+    temporary file): damaged parts move to parts/damaged/ with a warning, and exactly the
+    rows no valid part holds are scored."""
+    table = pq.read_table(whole)
+    parts = tmp_path / "out" / "parts"
+    parts.mkdir(parents=True)
+    for a, b in [(0, 5), (3, 9), (12, 13), (20, 31)]:  # overlap 3..5; gaps 9..12, 13..20, 31..40
+        pq.write_table(table.slice(a, b - a), parts / rundir.PART_NAME.format(a, b))
+    damaged = parts / rundir.PART_NAME.format(13, 17)
+    pq.write_table(table.slice(13, 4), damaged)
+    damaged.write_bytes(damaged.read_bytes()[:-20])  # footer cut off
+    (parts / ".part-000000000017-000000000020.parquet.123-abc.tmp").write_bytes(b"half")
+    launched = []
+    monkeypatch.setattr(inference, "launch", counting(inference.launch, launched))
+    run.evaluate(config(*args), tmp_path / "out")
+    assert sum(launched) == 3 + 7 + 9  # 9..12, 13..20, 31..40
+    assert "damaged part part-000000000013-000000000017.parquet" in caplog.text
+    assert_same_predictions(tmp_path / "out" / rundir.PREDICTIONS, whole)
+    assert not parts.exists()
+
+
+def test_a_part_whose_rows_do_not_match_its_name_is_damaged(tmp_path, whole):
+    """Footer, row count, columns and index are all checked against the part's name."""
+    table = pq.read_table(whole).slice(0, 8)
+    path = tmp_path / "p.parquet"
+    pq.write_table(table, path)
+    schema = write.schema()
+    assert rundir.damage(path, 0, 8, schema) is None
+    assert "holds 8 rows" in rundir.damage(path, 0, 9, schema)
+    assert "index column" in rundir.damage(path, 1, 9, schema)
+    assert "columns" in rundir.damage(path, 0, 8, write.schema("string"))
+
+
+def test_resume_under_other_results_settings_is_refused(config, args, tmp_path, monkeypatch):
+    """A folder is resumed only under the same plan: another amp, or a run made on another
+    device type (a GPU run resumed on a CPU), is refused naming the difference; batch size,
+    commit_rows and streams may differ."""
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        signal_at(m, "after-commit", signal.SIGTERM)
+        with pytest.raises(Stopped):
+            run.evaluate(config(*args), out)
+    with pytest.raises(UserError, match=r"amp: 'off' -> 'bfloat16'"):
+        run.evaluate(config(*args, "amp=bf16"), out)
+    plan = json.loads((out / rundir.RUN_FILE).read_text())
+    plan["results"]["device_type"] = "cuda"
+    (out / rundir.RUN_FILE).write_text(json.dumps(plan))
+    with pytest.raises(UserError, match=r"device_type: 'cuda' -> 'cpu'"):
+        run.evaluate(config(*args), out)
+    plan["results"]["device_type"] = "cpu"
+    (out / rundir.RUN_FILE).write_text(json.dumps(plan))
+    result = run.evaluate(config(*args, "batch_size=3", "commit_rows=5", "streams=1"), out)
+    assert result["n_images"] == N
+
+
+def test_a_second_run_into_a_held_folder_fails_at_once(config, args, tmp_path, monkeypatch):
+    """While one run holds the folder, another fails before loading anything, naming the
+    holder, and leaves no trace in the folder."""
+    out = tmp_path / "out"
+    monkeypatch.setattr(run.model, "load_model", lambda **_: pytest.fail("loaded the model"))
+    with rundir.open_folder(out):
+        with pytest.raises(
+            rundir.FolderBusy, match=rf"in use by another run \(pid {os.getpid()} on"
+        ):
+            run.evaluate(config(*args), out)
+        rundir.record_error(out, "must not be written")
+    assert not (out / rundir.ERROR_FILE).exists()
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def test_merge_refusals_leave_every_file_as_it_was(config, args, tmp_path):
+    """merge checks everything before writing: into a finished run, into one of its shards,
+    with an unfinished, overlapping or foreign shard, nothing changes on disk."""
+    shards = [tmp_path / f"s{i}" for i in range(2)]
+    for i, d in enumerate(shards):
+        run.evaluate(config(*args, f"shard.index={i}", "shard.count=2"), d)
+    run.evaluate(config(*args, "limit=30"), tmp_path / "done")
+    run.evaluate(config(*args, "limit=30", "shard.index=1", "shard.count=2"), tmp_path / "foreign")
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / rundir.RUN_FILE).write_text((shards[1] / rundir.RUN_FILE).read_text())
+    before = snapshot(tmp_path)
+    cases = [
+        (tmp_path / "done", shards, "already holds a run"),
+        (shards[0], shards, "is one of the shards"),
+        (tmp_path / "m1", [shards[0], unfinished], "is not finished"),
+        (tmp_path / "m2", [shards[0], shards[1], shards[1]], "overlap at row 40"),
+        (tmp_path / "m3", [shards[0], tmp_path / "foreign"], r"different run .*limit: None -> 30"),
+    ]
+    for target, inputs, message in cases:
+        with pytest.raises(UserError, match=message):
+            merge_shards(target, inputs)
+    assert snapshot(tmp_path) == before
+    assert not any((tmp_path / f"m{i}").exists() for i in (1, 2, 3))
+
+
+def test_shards_merge_into_the_single_run(config, args, tmp_path, whole):
+    """Three shards, merged, equal one run over the whole split, row for row."""
+    shards = [tmp_path / f"shard{i}" for i in range(3)]
+    for i, d in enumerate(shards):
+        run.evaluate(config(*args, f"shard.index={i}", "shard.count=3"), d)
+    result = merge_shards(tmp_path / "merged", list(reversed(shards)))
+    assert_same_predictions(tmp_path / "merged" / rundir.PREDICTIONS, whole)
+    assert result["n_images"] == N and result["shard"] == "merged from 3"
+    assert json.loads((tmp_path / "merged" / rundir.RUN_FILE).read_text())["results"]["rows"] == [
+        0,
+        N,
+    ]
+
+
+def test_a_streamed_row_without_bytes_or_path_is_an_error_row(config, tmp_path):
+    """In streaming mode, an image with neither bytes nor a path gets its error row."""
+    import pyarrow as pa
+
+    schema = hub_dataset({"image": [], "label": []}).data.table.schema  # with HF's features
+    images = [{"bytes": jpeg(photo(1)), "path": "a.jpg"}, {"bytes": None, "path": None}] * 2
+    path = tmp_path / "holes.parquet"
+    pq.write_table(pa.table({"image": images, "label": [1, 2, 3, 4]}, schema=schema), path)
+    cfg = config(
+        "dataset=parquet",
+        f"dataset.data_files={path}",
+        "model.weights=none",
+        "dataset.streaming=true",
+    )
+    result = run.evaluate(cfg, tmp_path / "out")
+    errors = pq.read_table(tmp_path / "out" / rundir.PREDICTIONS).column("error").to_pylist()
+    assert errors == [None, "no image bytes and no path"] * 2
+    assert result["n_errors"] == 2
+
+
+def test_out_of_memory_moving_the_model_is_one_line(config, args, tmp_path, monkeypatch):
+    """CUDA out of memory outside the loop (moving the model) is a UserError, not a traceback."""
+    import torch
+
+    def full(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(torch.nn.Module, "to", full)
+    with pytest.raises(UserError, match="Out of cpu memory moving the model"):
+        run.evaluate(config(*args), tmp_path / "out")
+
+
+def test_torchrun_ranks_share_the_cores(monkeypatch):
+    """Under torchrun, num_workers=auto and the model's threads divide this node's cores by
+    LOCAL_WORLD_SIZE instead of every rank taking all of them."""
+    import torch
+
+    from pipeline import plan
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert plan.resolve_workers("auto", torch.device("cuda")) == max(1, cores // 2)
+    assert plan._threads(torch.device("cpu")) == max(1, cores // 2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert plan.resolve_workers("auto", torch.device("cuda")) == cores
+    assert np.isclose(plan.resolve_workers("auto", torch.device("cpu")), max(1, cores // 2))
