@@ -196,6 +196,10 @@ def _folder_patterns(folder: str) -> dict[str, list[str]] | None:
     rules: hidden and `__special__` folders, hidden files and its ignored file
     names left out. None when this `datasets` lacks the helper or the folder
     has no data files: `load_dataset` then searches (and reports) by itself.
+
+    `datasets`' own glob does not enter linked folders (a class subset linked into
+    a shared ImageNet copy would silently lose those classes): when the walk went
+    through one, each split names its folders explicitly, which it does follow.
     """
     import datasets.data_files as df
     from fsspec.utils import glob_translate
@@ -203,9 +207,10 @@ def _folder_patterns(folder: str) -> dict[str, list[str]] | None:
     search = getattr(df, "_get_data_files_patterns", None)
     if search is None:
         return None
-    files = []
+    files, linked = [], False
     for root, dirs, names in os.walk(folder, followlinks=True):
         dirs[:] = [d for d in dirs if not d.startswith((".", "__"))]
+        linked = linked or any(os.path.islink(os.path.join(root, d)) for d in dirs)
         rel = os.path.relpath(root, folder).replace(os.sep, "/")
         files += [
             name if rel == "." else f"{rel}/{name}"
@@ -223,10 +228,34 @@ def _folder_patterns(folder: str) -> dict[str, list[str]] | None:
         return matched
 
     try:
-        return {str(split): patterns for split, patterns in search(resolve).items()}
+        found = {str(split): patterns for split, patterns in search(resolve).items()}
     except Exception as e:  # no data files, or another `datasets`: let it search itself
         log.debug("split patterns of %s left to datasets: %s", folder, e)
         return None
+    if linked:
+        found = {
+            s: _by_folder(files, [f for p in ps for f in resolve(p)]) for s, ps in found.items()
+        }
+    return found
+
+
+def _by_folder(files: list[str], matched: list[str]) -> list[str]:
+    """Patterns naming each folder of `matched` (`dir/*` where every file of the folder
+    matched, else the files themselves), glob characters escaped."""
+    import glob
+
+    per_dir: dict[str, list[str]] = {}
+    for f in files:
+        per_dir.setdefault(os.path.dirname(f), []).append(f)
+    chosen = set(matched)
+    patterns = []
+    for d, members in sorted(per_dir.items()):
+        taken = [f for f in members if f in chosen]
+        if len(taken) == len(members) and d:
+            patterns.append(f"{glob.escape(d)}/*")
+        else:
+            patterns += [glob.escape(f) for f in taken]
+    return patterns
 
 
 def _roots(path: str, data_dir: str | None, data_files: Any, *, walked: bool) -> Roots:

@@ -57,7 +57,6 @@ def _run(
 ) -> dict[str, Any] | None:
     hint = resume_hint(folder.path)
     stopper.check(hint)
-    loaded = model.load_model(**asdict(cfg.model))
     d = cfg.dataset
     split = group.rank0_first(
         lambda: data.load_split(
@@ -73,8 +72,9 @@ def _run(
             id_column=d.id_column,
         )
     )
-    space = resolve_labels(cfg, split)
+    space = resolve_labels(cfg, split)  # before the model: a refusal should not wait for it
     real = load_real(cfg, split)
+    loaded = model.load_model(**asdict(cfg.model))
     rows = distributed.plan_rows(split.num_rows, cfg)
     the_plan = plan.build(
         cfg,
