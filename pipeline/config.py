@@ -147,8 +147,13 @@ def check_override_keys(argv: list[str]) -> None:
     from hydra._internal.utils import get_args_parser
 
     valid = schema_keys()
-    overrides, _ = get_args_parser().parse_known_args(argv)
-    for override in overrides.overrides:
+    args, _ = get_args_parser().parse_known_args(argv)
+    if args.multirun and any(o.startswith("output_dir=") for o in args.overrides):
+        raise UserError(
+            "output_dir names one folder, but a sweep writes one per job: "
+            "set hydra.sweep.dir=DIR instead (jobs go to DIR/0, DIR/1, ...)"
+        )
+    for override in args.overrides:
         if "=" not in override or override[0] in "+~" or override.startswith("hydra"):
             continue
         key = override.split("=", 1)[0].split("@", 1)[0]

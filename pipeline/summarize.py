@@ -31,6 +31,7 @@ COLUMNS = [
     "batch_size",
     "device",
     "amp",
+    "label_space",
     "top1",
     "top5",
     "n_images",
@@ -65,6 +66,7 @@ def job_row(job_dir: Path, number: int, overrides: list[str]) -> dict[str, Any]:
     if (job_dir / rundir.METRICS).exists():
         m = pd.read_parquet(job_dir / rundir.METRICS).iloc[0]
         keep = ["top1", "top5", "n_images", "n_errors", "images_per_sec", "device", "amp"]
+        keep += ["label_space"] if "label_space" in m else []
         return row | {k: m[k] for k in keep} | {"status": "done"}
     if (job_dir / rundir.ERROR_FILE).exists():
         return row | {"status": f"failed: {(job_dir / rundir.ERROR_FILE).read_text().strip()}"}

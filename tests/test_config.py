@@ -62,6 +62,13 @@ def test_hydras_own_flags_are_not_taken_for_keys(argv):
         check_override_keys([*argv, "nope=1"])
 
 
+def test_output_dir_in_a_sweep_is_refused():
+    """A sweep writes a folder per job; one output_dir for all of them is refused."""
+    with pytest.raises(UserError, match="set hydra.sweep.dir=DIR instead"):
+        check_override_keys(["-m", "batch_size=2,4", "output_dir=/tmp/x"])
+    check_override_keys(["output_dir=/tmp/x"])
+
+
 def readme_commands() -> list[list[str]]:
     """Every `python -m pipeline ...` line of the README, split as bash would split it."""
     import shlex

@@ -94,14 +94,17 @@ def test_streaming_run_equals_the_loaded_run(config, tmp_path, parquet_file):
 
 @pytest.mark.slow
 def test_cli_runs_the_bundled_sample(repo_root, tmp_path):
-    """`python -m pipeline model.weights=none` scores the bundled sample offline, with a summary."""
+    """`python -m pipeline model.weights=none` scores the bundled sample offline, with a
+    summary; output_dir holds the run and Hydra's .hydra/ and log too."""
     out = tmp_path / "run"
-    proc = run_cli(["model.weights=none", f"hydra.run.dir={out}", "num_workers=2"], cwd=repo_root)
+    proc = run_cli(["model.weights=none", f"output_dir={out}", "num_workers=2"], cwd=repo_root)
     assert proc.returncode == 0, proc.stderr
     assert "top-1" in proc.stdout and "img/s" in proc.stdout
+    assert "label space: imagenet-1k" in proc.stdout
     frame = pd.read_parquet(out / "predictions.parquet")
     assert len(frame) == 10 and frame["error"].isna().all()
-    assert (out / "metrics.parquet").exists() and (out / ".hydra" / "config.yaml").exists()
+    assert (out / "metrics.parquet").exists() and (out / "run.json").exists()
+    assert (out / ".hydra" / "config.yaml").exists() and (out / "pipeline.log").exists()
 
 
 @pytest.mark.slow
