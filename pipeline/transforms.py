@@ -61,7 +61,7 @@ class Preprocess:
         data = read_bytes(image, roots)
         header = open_image(data)  # reads the header only: format, mode, bomb check
         if self.backend == "tensor" and header.format in FAST_FORMATS and header.mode in FAST_MODES:
-            pixels = decode_tensor(data)
+            pixels = decode_tensor(data, orientation(header))
             pixels = F2.resize(pixels, self.resize_size, self.interpolation, antialias=True)
             return F2.center_crop(pixels, self.crop_size)
         return self.crop(to_rgb(header))
@@ -188,12 +188,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 @cache
-def _tensor_decoder() -> Callable[[bytes], torch.Tensor]:
-    """TorchCodec's decoder where installed; torchvision.io's (deprecated in 0.29) otherwise."""
+def _tensor_decoder() -> tuple[Callable[[bytes], torch.Tensor], bool]:
+    """(decode, turns images upright): TorchCodec's decoder where installed, which applies
+    EXIF orientation; torchvision.io's (deprecated in 0.29), which does not, otherwise."""
     try:
         from torchcodec.decoders import decode_image
 
-        return lambda data: decode_image(data, mode="RGB")
+        return (lambda data: decode_image(data, mode="RGB")), True
     except (ImportError, OSError, RuntimeError):  # absent, or built for another torch
         from torchvision.io import ImageReadMode
         from torchvision.io import decode_image as tv_decode
@@ -204,16 +205,47 @@ def _tensor_decoder() -> Callable[[bytes], torch.Tensor]:
                 buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
                 return tv_decode(buffer, mode=ImageReadMode.RGB)
 
-        return decode
+        return decode, False
 
 
-def decode_tensor(data: bytes) -> torch.Tensor:
-    """JPEG/PNG/WebP/GIF bytes -> uint8 (3, H, W); an animated GIF gives its first frame."""
+def orientation(header: Image.Image) -> int:
+    """The EXIF orientation tag (1..8; 1 = as stored) of an opened image."""
     try:
-        pixels = _tensor_decoder()(data)
+        value = header.getexif().get(0x0112, 1)
+    except Exception:  # a damaged EXIF block: the pixels are still there, as stored
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+# The inverse of the transpose that EXIF orientation 2..8 asks a viewer to apply (PIL's
+# ImageOps.exif_transpose table), on (..., H, W) tensors.
+_UNDO: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {
+    2: lambda t: t.flip(-1),
+    3: lambda t: t.flip(-2, -1),
+    4: lambda t: t.flip(-2),
+    5: lambda t: t.transpose(-2, -1),
+    6: lambda t: torch.rot90(t, 1, dims=(-2, -1)),
+    7: lambda t: t.transpose(-2, -1).flip(-2, -1),
+    8: lambda t: torch.rot90(t, -1, dims=(-2, -1)),
+}
+
+
+def undo_orientation(pixels: torch.Tensor, value: int) -> torch.Tensor:
+    """The stored geometry of an image a decoder turned upright."""
+    return pixels if value == 1 else _UNDO[value](pixels).contiguous()
+
+
+def decode_tensor(data: bytes, orientation: int = 1) -> torch.Tensor:
+    """JPEG/PNG/WebP/GIF bytes -> uint8 (3, H, W) in the stored geometry (no EXIF rotation:
+    torchvision's ImageFolder loader, the published numbers and the Pillow path apply none);
+    an animated GIF gives its first frame."""
+    decode, upright = _tensor_decoder()
+    try:
+        pixels = decode(data)
     except RuntimeError as e:  # the decoders' C++ errors end with the useful part
         raise ValueError(str(e).strip().splitlines()[-1].split(", ")[-1][:150]) from None
-    return pixels[0] if pixels.ndim == 4 else pixels
+    pixels = pixels[0] if pixels.ndim == 4 else pixels
+    return undo_orientation(pixels, orientation) if upright else pixels
 
 
 def error_reason(e: Exception) -> str:

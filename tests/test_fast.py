@@ -155,3 +155,23 @@ def test_streams_auto_splits_cpu_cores_and_keeps_one_on_gpu():
     assert inference.resolve_streams("auto", torch.device("cpu"), compile=False) == min(4, cores)
     assert inference.resolve_streams("auto", torch.device("cpu"), compile=True) == 1
     assert inference.resolve_streams("auto", torch.device("cuda"), compile=False) == 1
+
+
+def oriented(fmt: str, value: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = value
+    return encode(photo(4, (500, 375)), fmt, exif=exif.tobytes())
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+@pytest.mark.parametrize("value", range(1, 9))
+def test_no_backend_applies_exif_orientation(fmt, value):
+    """An image with EXIF orientation 2..8 keeps its stored geometry in every backend, as in
+    torchvision's ImageFolder loader and the published numbers (TorchCodec turns images
+    upright; that is undone)."""
+    raw = oriented(fmt, value)
+    ref = PIL_PRE({"bytes": raw, "path": None}, Roots())
+    fast = FAST_PRE({"bytes": raw, "path": None}, Roots())
+    assert (ref.int() - fast.int()).abs().max() <= 1, (fmt, value)
+    stored = Image.open(io.BytesIO(raw)).convert("RGB")
+    assert torch.equal(ref, PIL_PRE.crop(stored))  # the Pillow path applies no rotation
