@@ -37,6 +37,7 @@ class Amp(str, Enum):
 class Backend(str, Enum):
     pil = "pil"  # decode + resize with PIL: the reference pixels, bit for bit
     tensor = "tensor"  # decode + resize on uint8 tensors: faster, within 1 level
+    device = "device"  # JPEGs decoded on the model's device in batches (nvJPEG on CUDA)
 
 
 # record: an undecodable image gets a row with `error` set; raise: stop at the first.

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from pipeline import stop
 from pipeline.config import UserError, plain
 from pipeline.labels import LabelSpace
-from pipeline.transforms import Preprocess, Roots, error_reason
+from pipeline.transforms import Encoded, Preprocess, Roots, error_reason
 
 SAVED_DATASET_MARKERS = ("dataset_dict.json", "state.json")
 FOLDER_BUILDERS = ("imagefolder",)  # builders whose rows are files found by walking a folder
@@ -388,9 +388,11 @@ class EvalDataset(torch.utils.data.Dataset):
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the crops of the decodable items; keep every item's metadata, in order."""
+    """Stack the crops of the decodable items; keep every item's metadata, in order. JPEGs
+    left encoded (backend=device) go in `encoded`, their rows in `encoded_rows`."""
     ok = torch.tensor([it["image"] is not None for it in items], dtype=torch.bool)
-    crops = [it["image"] for it in items if it["image"] is not None]
+    crops = [it["image"] for it in items if isinstance(it["image"], torch.Tensor)]
+    encoded = [(j, it["image"]) for j, it in enumerate(items) if isinstance(it["image"], Encoded)]
     return {
         "index": torch.tensor([it["index"] for it in items], dtype=torch.int64),
         "id": [it["id"] for it in items],
@@ -399,6 +401,8 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "error": [it["error"] for it in items],
         "ok": ok,
         "image": _stack_channels_last(crops),
+        "encoded": [e for _, e in encoded],
+        "encoded_rows": [j for j, _ in encoded],
     }
 
 

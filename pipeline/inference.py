@@ -60,22 +60,21 @@ def score(
     with pool, progress:
         try:
             for k, batch in enumerate(batches):
-                check_decoded(batch, on_error)
                 if len(inflight) == len(buffers):
-                    n += _land_oldest(inflight, buffers, writer, progress, device)
+                    n += _land_oldest(inflight, buffers, writer, progress, device, on_error)
                 slot = k % len(buffers)  # its previous batch has landed
                 args = (batch, net, preprocess, device, dtype, memory_format, buffers[slot], mask)
                 inflight.append((slot, batch, pool.submit(launch, *args)))
                 if should_stop():
                     break
             while inflight:
-                n += _land_oldest(inflight, buffers, writer, progress, device)
+                n += _land_oldest(inflight, buffers, writer, progress, device, on_error)
         except BaseException:
             for _, _, future in inflight:
                 future.cancel()  # not started yet: not worth waiting for
             with suppress(Exception):  # the first error is the one to report
                 while inflight and not inflight[0][2].cancelled():
-                    _land_oldest(inflight, buffers, writer, progress, device)
+                    _land_oldest(inflight, buffers, writer, progress, device, on_error)
             raise
     return n
 
@@ -97,6 +96,7 @@ def _land_oldest(
     writer: write.PredictionWriter,
     progress: tqdm,
     device: torch.device,
+    on_error: str = "record",
 ) -> int:
     """Wait for the oldest batch, bring its results to the CPU and hand them to the writer.
 
@@ -105,6 +105,7 @@ def _land_oldest(
     slot, batch, future = inflight.popleft()
     try:
         outputs, buffers[slot] = future.result()
+        check_decoded(batch, on_error)  # here, in row order: backend=device decodes in launch
     except torch.OutOfMemoryError:
         inflight.clear()
         raise UserError(oom_message(device, len(batch["index"]))) from None
@@ -146,12 +147,34 @@ def launch(
 ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
     """Run one batch of uint8 crops: (top-k ids, probs) on the device, and the input buffer
     to reuse for a later batch."""
+    images = to_device(batch["image"], device)
+    if batch["encoded"]:
+        images = with_decoded(batch, images, preprocess, device)
     if not batch["ok"].any():
         k = metrics.TOPK
         return (torch.zeros(0, k, dtype=torch.int64), torch.zeros(0, k)), buffer
-    images = to_device(batch["image"], device)
     x = preprocess.normalize(images, dtype, memory_format, out=buffer)
     return metrics.topk(net(x), mask), x
+
+
+def with_decoded(
+    batch: dict[str, Any], crops: torch.Tensor, preprocess: Preprocess, device: torch.device
+) -> torch.Tensor:
+    """backend=device: decode the batch's JPEGs on the device, and return every decodable
+    row's crop in row order. A JPEG that not even Pillow decodes becomes an error row here
+    (its reason in batch["error"]), as it would have in a worker."""
+    ok = batch["ok"]
+    encoded = dict(
+        zip(batch["encoded_rows"], preprocess.decode_on(batch["encoded"], device), strict=True)
+    )
+    from_workers = [j for j in ok.nonzero().flatten().tolist() if j not in encoded]
+    rows = dict(zip(from_workers, crops, strict=True))
+    for j, crop in encoded.items():
+        if isinstance(crop, str):
+            ok[j], batch["error"][j] = False, crop
+        else:
+            rows[j] = crop
+    return torch.stack([rows[j] for j in sorted(rows)]) if rows else crops
 
 
 def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:

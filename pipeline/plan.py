@@ -44,6 +44,8 @@ def resolve_settings(cfg: Config, device: torch.device, world_size: int) -> Sett
     from pipeline import inference, model
 
     amp = model.resolve_amp(cfg.amp.value, device)
+    if cfg.backend.value == "device":
+        require_torchcodec()
     threads = _threads(device)
     torch.set_num_threads(threads)
     return Settings(
@@ -54,6 +56,18 @@ def resolve_settings(cfg: Config, device: torch.device, world_size: int) -> Sett
         threads=threads,
         world_size=world_size,
     )
+
+
+def require_torchcodec() -> None:
+    """backend=device decodes with TorchCodec's batched JPEG decoder: it must import."""
+    try:
+        from torchcodec.decoders import decode_jpeg  # noqa: F401
+    except (ImportError, OSError, RuntimeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(
+            f"backend=device needs TorchCodec ({reason}); pip install torchcodec, or use "
+            f"backend=tensor"
+        ) from None
 
 
 def _cores() -> int:

@@ -29,12 +29,21 @@ FAST_MODES = {"RGB", "RGBA", "L", "LA", "P"}  # CMYK and 16-bit go through Pillo
 
 
 @dataclass(frozen=True)
+class Encoded:
+    """A JPEG left for the model's device to decode (backend=device): its encoded bytes."""
+
+    data: torch.Tensor  # 1-D uint8
+
+
+@dataclass(frozen=True)
 class Preprocess:
     """The model's eval transform, split in two: uint8 crop in the worker, normalize on device.
 
     backend "pil" makes the very calls of `ImageClassification` (identical
     pixels); "tensor" decodes and resizes uint8 tensors (TorchCodec, else
-    torchvision.io), within one level of it and about twice as fast.
+    torchvision.io), within one level of it and about twice as fast; "device"
+    leaves JPEGs encoded for the main process to decode on the model's device
+    in one batched call (nvJPEG on CUDA), resized like "tensor".
     """
 
     resize_size: list[int]
@@ -56,15 +65,55 @@ class Preprocess:
             backend=backend,
         )
 
-    def __call__(self, image: Any, roots: Roots) -> torch.Tensor:
-        """An `Image(decode=False)` value -> uint8 (3, crop, crop); raises on undecodable data."""
+    def __call__(self, image: Any, roots: Roots) -> torch.Tensor | Encoded:
+        """An `Image(decode=False)` value -> uint8 (3, crop, crop) (or, for backend=device, a
+        plain JPEG still encoded); raises on undecodable data."""
         data = read_bytes(image, roots)
         header = open_image(data)  # reads the header only: format, mode, bomb check
-        if self.backend == "tensor" and header.format in FAST_FORMATS and header.mode in FAST_MODES:
+        plain_jpeg = header.format == "JPEG" and header.mode in ("RGB", "L")
+        if self.backend == "device" and plain_jpeg and orientation(header) == 1:
+            # others (and rotated JPEGs) are decoded here, where orientation is handled
+            return Encoded(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+        if self.backend != "pil" and header.format in FAST_FORMATS and header.mode in FAST_MODES:
             pixels = decode_tensor(data, orientation(header))
-            pixels = F2.resize(pixels, self.resize_size, self.interpolation, antialias=True)
-            return F2.center_crop(pixels, self.crop_size)
+            return self.resize_crop(pixels[None])[0]
         return self.crop(to_rgb(header))
+
+    def resize_crop(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, H, W) images of one size -> (N, 3, crop, crop): antialiased resize of
+        the shorter side, then the center crop, on whatever device they are."""
+        pixels = F2.resize(pixels, self.resize_size, self.interpolation, antialias=True)
+        return F2.center_crop(pixels, self.crop_size)
+
+    def decode_on(self, encoded: list[Encoded], device: torch.device) -> list[torch.Tensor | str]:
+        """backend=device: decode JPEGs on `device` in one batched call (nvJPEG on CUDA; the
+        same call on CPU), then resize and crop, grouped by size. Each item is its uint8
+        (3, crop, crop) crop or, when it cannot be decoded even by Pillow, the reason."""
+        from torchcodec.decoders import decode_jpeg
+
+        datas = [e.data for e in encoded]
+        try:
+            images: list[torch.Tensor | None] = list(decode_jpeg(datas, mode="RGB", device=device))
+        except RuntimeError:  # one bad image fails the batch: decode them one by one
+            images = [_decode_one(d, device) for d in datas]
+        out: list[torch.Tensor | str] = [""] * len(images)
+        sizes: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(images):
+            if image is None:  # the per-image path: Pillow's decoder, or its reason
+                out[i] = self._pillow_or_reason(datas[i], device)
+            else:
+                sizes.setdefault(tuple(image.shape), []).append(i)
+        for idx in sizes.values():
+            crops = self.resize_crop(torch.stack([images[i] for i in idx]))  # type: ignore[misc]
+            for i, crop in zip(idx, crops, strict=True):
+                out[i] = crop
+        return out
+
+    def _pillow_or_reason(self, data: torch.Tensor, device: torch.device) -> torch.Tensor | str:
+        try:
+            return self.crop(to_rgb(open_image(data.numpy().tobytes()))).to(device)
+        except Exception as e:  # any decoder failure is a data fault, recorded per row
+            return error_reason(e)
 
     def crop(self, image: Image.Image) -> torch.Tensor:
         """RGB PIL image -> uint8 (3, crop, crop), with the very calls of `ImageClassification`."""
@@ -206,6 +255,15 @@ def _tensor_decoder() -> tuple[Callable[[bytes], torch.Tensor], bool]:
                 return tv_decode(buffer, mode=ImageReadMode.RGB)
 
         return decode, False
+
+
+def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    from torchcodec.decoders import decode_jpeg
+
+    try:
+        return decode_jpeg(data, mode="RGB", device=device)
+    except RuntimeError:
+        return None
 
 
 def orientation(header: Image.Image) -> int:

@@ -64,7 +64,7 @@ def test_hydras_own_flags_are_not_taken_for_keys(argv):
 
 def test_output_dir_in_a_sweep_is_refused():
     """A sweep writes a folder per job; one output_dir for all of them is refused."""
-    with pytest.raises(UserError, match="set hydra.sweep.dir=DIR instead"):
+    with pytest.raises(UserError, match=r"set hydra.sweep.dir=DIR instead"):
         check_override_keys(["-m", "batch_size=2,4", "output_dir=/tmp/x"])
     check_override_keys(["output_dir=/tmp/x"])
 

@@ -94,7 +94,7 @@ def hostile_folder(tmp_path):
     return ["dataset=imagefolder", f"dataset.path={root}", "dataset.restrict=false"]
 
 
-@pytest.mark.parametrize("backend", ["pil", "tensor"])
+@pytest.mark.parametrize("backend", ["pil", "tensor", "device"])
 @pytest.mark.parametrize("form", ["hostile_parquet", "hostile_folder"])
 def test_every_image_gets_one_row_and_errors_are_counted(
     request, form, backend, config, tmp_path, small_bomb_limit, capsys
@@ -120,9 +120,11 @@ def test_every_image_gets_one_row_and_errors_are_counted(
     assert f"{N_ERRORS} image(s) could not be scored" in capsys.readouterr().out
 
 
-def test_on_error_raise_names_the_row(config, tmp_path, hostile_parquet, small_bomb_limit):
-    """on_error=raise stops at the first undecodable image, naming its row and id."""
-    cfg = config(*hostile_parquet, "model.weights=none", "on_error=raise")
+@pytest.mark.parametrize("backend", ["pil", "device"])
+def test_on_error_raise_names_the_row(config, tmp_path, hostile_parquet, small_bomb_limit, backend):
+    """on_error=raise stops at the first undecodable image, naming its row and id (with
+    backend=device too, where a truncated JPEG is found only when the batch is decoded)."""
+    cfg = config(*hostile_parquet, "model.weights=none", "on_error=raise", f"backend={backend}")
     with pytest.raises(UserError, match=r"row 1 \(id truncated.jpg\).*truncated"):
         run.evaluate(cfg, tmp_path / "out")
 

@@ -196,3 +196,37 @@ def test_device_and_amp_resolution():
     assert model.resolve_amp("bf16", cpu) is torch.bfloat16
     with pytest.raises(UserError, match="amp=fp16 needs a GPU"):
         model.resolve_amp("fp16", cpu)
+
+
+def test_cuda_n_becomes_the_current_device(monkeypatch):
+    """device=cuda:1 makes GPU 1 current (else DataLoader's pin-memory thread works on 0)."""
+    from pipeline import distributed
+
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    group, device = distributed.setup("cuda:1")
+    assert device == torch.device("cuda", 1) and current == [device] and group.world == 1
+
+
+def test_an_amp_dtype_the_gpu_lacks_is_one_line(monkeypatch):
+    """amp=bf16 on a GPU without bf16 is refused before anything is loaded, naming the GPU."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
+    with pytest.raises(UserError, match="amp=bf16: Tesla V100 has no bf16 support; use amp=fp16"):
+        model.resolve_amp("bf16", torch.device("cuda"))
+
+
+def test_normalization_constants_are_made_once_per_device():
+    """mean and std live on the device once, not uploaded every batch (a blocking copy)."""
+    from torchvision.models import AlexNet_Weights
+
+    from pipeline.transforms import Preprocess, _stats
+
+    pre = Preprocess.from_transforms(AlexNet_Weights.IMAGENET1K_V1.transforms())
+    pre.normalize(torch.zeros(1, 3, 4, 4, dtype=torch.uint8))
+    first = _stats(tuple(pre.mean), tuple(pre.std), torch.device("cpu"), torch.float32)
+    pre.normalize(torch.zeros(2, 3, 4, 4, dtype=torch.uint8))
+    again = _stats(tuple(pre.mean), tuple(pre.std), torch.device("cpu"), torch.float32)
+    assert first[0] is again[0] and first[1] is again[1]
