@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
-# The GPU check, one script, under 5 minutes on one H200 with 16 cores:
-# baseline vs pipeline end to end on 20,000 ImageNet-like JPEGs, then model-only
-# throughput with AMP. Append its output, with date and hardware, to benchmarks/RESULTS.md.
+# The GPU check, one command, under 5 minutes on one H200 with 16 cores: preflight
+# (CUDA, imports, /dev/shm, disk) before any other work, a 20,000-image corpus built in
+# parallel, then every mode side by side with the reference loop (in-loop and
+# whole-process times apart), the ceiling, and the start-up comparison. Append the
+# output, with date and hardware, to benchmarks/RESULTS.md.
 #
 #   bash benchmarks/gpu.sh 2>&1 | tee gpu.log
+#   bash benchmarks/gpu.sh --dry-run      # the same steps on CPU, tiny, < 3 minutes
 #
-# Needs torch/torchvision with CUDA plus this project's dependencies importable
-# (pip install -e . where a registry is reachable; elsewhere carry wheels).
+# Needs torch/torchvision with CUDA and this project's dependencies importable: installed,
+# or carried as wheels and put on PYTHONPATH (benchmarks/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
 date -u
+if [[ "${1:-}" == "--dry-run" ]]; then
+    exec timeout 180 python3 benchmarks/bench.py --dry-run --work "${WORK:-/tmp/alexnet-eval-bench-dry}"
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, torchvision, datasets, hydra, pandas, pyarrow, tqdm; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 echo "cores: $(nproc)"
-python3 benchmarks/bench.py --device cuda --images "${IMAGES:-20000}" --pairs 3 \
-    --batch-size 512 --workers "$(nproc)" --memory "" --work "${WORK:-/tmp/alexnet-eval-bench}"
+timeout 290 python3 benchmarks/bench.py --device cuda --images "${IMAGES:-20000}" --pairs 2 \
+    --batch-size 512 --workers "$(nproc)" --memory "" --model-seconds 3 --timeout 120 \
+    --work "${WORK:-/tmp/alexnet-eval-bench}"

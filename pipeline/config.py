@@ -120,6 +120,18 @@ def register() -> None:
             OmegaConf.register_new_resolver(name, resolver)
 
 
+def compose(*overrides: str) -> Config:
+    """The Config that `python -m pipeline OVERRIDES` would run, without Hydra's entry point
+    (for notebooks, the benchmark and the tests)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=list(overrides))
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
 NESTED = {
     "dataset": DatasetConfig,
     "model": ModelConfig,

@@ -10,11 +10,9 @@ import pytest
 import torch
 import torchvision
 from helpers import LABELS, hub_dataset, hub_rows, jpeg, photo, wnid
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from PIL import Image
 
-from pipeline.config import CONF_DIR, Config, register
+from pipeline.config import Config, compose
 
 
 @pytest.fixture(autouse=True)
@@ -79,11 +77,7 @@ def peaked_checkpoint(tmp_path: Path) -> Path:
 
 def make_config(*overrides: str) -> Config:
     """Compose the real conf/ with overrides, shrunk for tests: cpu, 0 workers, no bar."""
-    register()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        base = ["device=cpu", "num_workers=0", "progress=false", "batch_size=4"]
-        cfg = compose("config", overrides=[*base, *overrides])
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    return compose("device=cpu", "num_workers=0", "progress=false", "batch_size=4", *overrides)
 
 
 @pytest.fixture

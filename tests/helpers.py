@@ -48,31 +48,10 @@ def photo_split(path, n: int, size=(96, 80)):
 
 def realistic_split(path, n: int = 200, seed: int = 0):
     """n ImageNet-like JPEGs (~500x375, quality 90) cut from the bundled sample's real
-    photographs with random crops, flips and colour shifts, as hub-style Parquet."""
-    from importlib.resources import files
+    photographs (pipeline/sample/corpus.py), as hub-style Parquet."""
+    from pipeline.sample import corpus
 
-    import pyarrow.parquet as pq
-
-    sample = files("pipeline").joinpath("sample/sample.parquet")
-    sources = [
-        Image.open(io.BytesIO(row["bytes"])).convert("RGB")
-        for row in pq.read_table(str(sample), columns=["image"]).column("image").to_pylist()
-    ]
-    rng = np.random.default_rng(seed)
-    images = []
-    for i in range(n):
-        src = sources[i % len(sources)]
-        w, h = src.size
-        scale = rng.uniform(0.55, 1.0)
-        cw, ch = int(w * scale), int(h * scale)
-        x, y = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
-        size = (500, 375) if rng.random() < 0.75 else (375, 500)
-        img = src.crop((x, y, x + cw, y + ch)).resize(size, Image.BILINEAR)
-        if rng.random() < 0.5:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        shifted = np.asarray(img, np.float32) * rng.uniform(0.8, 1.2, 3).astype(np.float32)
-        images.append(jpeg(Image.fromarray(np.clip(shifted, 0, 255).astype(np.uint8))))
-    rows = {"image": [{"bytes": b, "path": f"{i}.jpg"} for i, b in enumerate(images)]}
+    rows = {"image": [{"bytes": corpus.jpeg(i, seed), "path": f"{i}.jpg"} for i in range(n)]}
     rows["label"] = [i % 1000 for i in range(n)]
     hub_dataset(rows).to_parquet(path)
     return path
