@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import subprocess
 from pathlib import Path
@@ -13,11 +13,10 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
 
 
 @pytest.fixture
-def bench():
-    spec = importlib.util.spec_from_file_location("bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(monkeypatch):
+    """benchmarks/bench.py as a module (importable by name: its process pool pickles it)."""
+    monkeypatch.syspath_prepend(str(BENCH.parent))
+    return importlib.import_module("bench")
 
 
 def test_child_runs_keep_the_callers_pythonpath(bench, monkeypatch):
