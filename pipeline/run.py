@@ -57,6 +57,7 @@ def _run(
 ) -> dict[str, Any] | None:
     hint = resume_hint(folder.path)
     stopper.check(hint)
+    model.start_hashing(cfg.model.arch, cfg.model.weights)  # while the dataset loads
     d = cfg.dataset
     split = group.rank0_first(
         lambda: data.load_split(

@@ -85,9 +85,11 @@ def check_writable(path: Path) -> None:
     """Fail before any model or data work when the folder cannot be written."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}{TMP_SUFFIX}"  # one per process: ranks probe
+        # one per process (ranks probe at once), and not named like a temporary file: the
+        # owner's clean-up removes those, maybe while another rank is probing
+        probe = path / f".write-test-{socket.gethostname()}-{os.getpid()}"
         probe.write_bytes(b"ok")
-        probe.unlink()
+        probe.unlink(missing_ok=True)
     except OSError as e:
         raise UserError(f"Cannot write to output folder {path}: {e.strerror or e}") from None
 

@@ -159,19 +159,24 @@ def test_path_outside_the_dataset_is_not_opened(tmp_path):
         ["a.csv", "nested/deeper/b.csv"],
     ],
 )
-def test_folder_split_patterns_match_datasets_own_search(tmp_path, layout):
-    """One walk finds the very split patterns that `datasets` finds with its ~60 globs."""
-    import datasets.data_files
+def test_folder_data_files_match_datasets_own_search(tmp_path, layout):
+    """One walk finds the very files per split, in the same order and with the same
+    modification times (its cache key), that `datasets` finds with its ~60 globs."""
+    import datasets.data_files as df
 
     for name in layout:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
-    ours = data._folder_patterns(str(tmp_path))
-    theirs = datasets.data_files.get_data_patterns(str(tmp_path))
-    assert ours == {str(split): patterns for split, patterns in theirs.items()}
+    ours = data._folder_files(str(tmp_path))
+    patterns = df.get_data_patterns(str(tmp_path))
+    theirs = df.DataFilesDict.from_patterns(patterns, base_path=str(tmp_path))
+    assert list(ours) == [str(split) for split in theirs]
+    for split in theirs:
+        assert ours[str(split)] == theirs[split]
+        assert ours[str(split)].origin_metadata == theirs[split].origin_metadata
 
 
 def test_folder_without_data_files_is_left_to_datasets(tmp_path):
     (tmp_path / ".hidden").mkdir()
     (tmp_path / ".hidden" / "a.jpg").write_bytes(b"x")
-    assert data._folder_patterns(str(tmp_path)) is None
+    assert data._folder_files(str(tmp_path)) is None
