@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from pipeline import stop
 
@@ -22,6 +23,27 @@ log = logging.getLogger("pipeline")
 
 def main() -> None:
     """`python -m pipeline`: compose the config with Hydra, run, one line per user error."""
+    try:
+        _main()
+        code: int | str | None = 0
+    except SystemExit as e:
+        code = e.code
+    leave(code)
+
+
+def leave(code: int | str | None) -> NoReturn:
+    """Exit without tearing the interpreter down: every file is durable and every worker
+    stopped by now, and freeing torch's millions of objects one by one took 0.3 s of a
+    9 s run here."""
+    if isinstance(code, str):  # sys.exit("message") prints it, as Python would
+        print(code, file=sys.stderr)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
+
+
+def _main() -> None:
     stop.leave_at_once_outside_runs()  # first: the imports below take seconds
     # The imports create millions of objects that live as long as the process: the full
     # garbage collections they trigger scan them all, 0.7 s of a 9 s run here. Collect

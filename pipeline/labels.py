@@ -106,6 +106,11 @@ def _vocabularies() -> tuple[tuple[str, ...], ...]:
     return wnids, tuple(AlexNet_Weights.IMAGENET1K_V1.meta["categories"]), long_names
 
 
+def categories() -> list[str]:
+    """torchvision's names of the 1000 classes, in class order."""
+    return list(_vocabularies()[1])
+
+
 @cache
 def _lookup() -> tuple[dict[str, set[int]], dict[str, set[int]]]:
     """name -> ids, exact and lower-cased, over all three vocabularies."""

@@ -107,3 +107,86 @@ def published_check(row: dict[str, Any]) -> str | None:
             f"(a modified val set?), backend and amp"
         )
     return line
+
+
+# ----------------------------------------------------------- intervals and tests
+
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+
+
+def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion, as fractions (nan, nan when n is 0)."""
+    if n == 0:
+        return math.nan, math.nan
+    p = successes / n
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def mcnemar_exact(first_only: int, second_only: int) -> float:
+    """McNemar's exact test: two-sided binomial p-value of the discordant counts (b, c)."""
+    n, k = first_only + second_only, min(first_only, second_only)
+    if n == 0:
+        return 1.0
+    # P(X <= k) for X ~ Binomial(n, 1/2), summed in log space: the exact integers
+    # (math.comb) take minutes at ImageNet's counts
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in range(k + 1)]
+    top = max(logs)
+    log_tail = top + math.log(sum(math.exp(v - top) for v in logs)) - n * math.log(2)
+    return min(1.0, 2 * math.exp(log_tail))
+
+
+def paired_difference(
+    both: int, first_only: int, second_only: int, neither: int
+) -> tuple[float, float, float]:
+    """(difference of the second proportion minus the first, and its 95% interval) for
+    paired outcomes: Newcombe's hybrid score interval (method 10, Statist. Med. 1998)."""
+    n = both + first_only + second_only + neither
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    p1, p2 = (both + first_only) / n, (both + second_only) / n
+    l1, u1 = wilson(both + first_only, n)
+    l2, u2 = wilson(both + second_only, n)
+    rows = (
+        (both + first_only)
+        * (second_only + neither)
+        * (both + second_only)
+        * (first_only + neither)
+    )
+    phi = (both * neither - first_only * second_only) / math.sqrt(rows) if rows else 0.0
+    d = p2 - p1
+    lower = math.sqrt(max(0.0, (p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2))
+    upper = math.sqrt(max(0.0, (u2 - p2) ** 2 - 2 * phi * (u2 - p2) * (p1 - l1) + (p1 - l1) ** 2))
+    return d, max(-1.0, d - lower), min(1.0, d + upper)
+
+
+def calibration(
+    confidence: Any, correct: Any, bins: int = 15
+) -> tuple[float, list[dict[str, float]]]:
+    """Expected calibration error over `bins` equal-width bins of top-1 probability, and
+    each bin's count, mean confidence and accuracy (the reliability diagram's points)."""
+    import numpy as np
+
+    confidence, correct = np.asarray(confidence, float), np.asarray(correct, bool)
+    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)  # (k/M, (k+1)/M]
+    counts = np.bincount(which, minlength=bins)
+    conf = np.bincount(which, confidence, minlength=bins)
+    hits = np.bincount(which, correct, minlength=bins)
+    rows, ece, n = [], 0.0, max(len(confidence), 1)
+    for k in range(bins):
+        if counts[k]:
+            mean_conf, acc = conf[k] / counts[k], hits[k] / counts[k]
+            ece += counts[k] / n * abs(acc - mean_conf)
+        else:
+            mean_conf = acc = math.nan
+        rows.append(
+            {
+                "lower": k / bins,
+                "upper": (k + 1) / bins,
+                "count": int(counts[k]),
+                "confidence": float(mean_conf),
+                "accuracy": float(acc),
+            }
+        )
+    return float(ece), rows

@@ -19,7 +19,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import rundir
+from pipeline import metrics, rundir
 from pipeline.config import UserError
 
 COLUMNS = [
@@ -33,7 +33,9 @@ COLUMNS = [
     "amp",
     "label_space",
     "top1",
+    "top1_ci95",
     "top5",
+    "top5_ci95",
     "n_images",
     "n_errors",
     "images_per_sec",
@@ -67,13 +69,23 @@ def job_row(job_dir: Path, number: int, overrides: list[str]) -> dict[str, Any]:
         m = pd.read_parquet(job_dir / rundir.METRICS).iloc[0]
         keep = ["top1", "top5", "n_images", "n_errors", "images_per_sec", "device", "amp"]
         keep += ["label_space"] if "label_space" in m else []
-        return row | {k: m[k] for k in keep} | {"status": "done"}
+        return row | {k: m[k] for k in keep} | intervals(m) | {"status": "done"}
     if (job_dir / rundir.ERROR_FILE).exists():
         return row | {"status": f"failed: {(job_dir / rundir.ERROR_FILE).read_text().strip()}"}
     committed = rundir.committed_rows(job_dir)
     if committed:
         return row | {"status": f"unfinished ({committed} rows committed)"}
     return row | {"status": "no results yet" if job_dir.exists() else "not started"}
+
+
+def intervals(m: pd.Series) -> dict[str, str]:
+    """95% Wilson intervals of top-1 and top-5, as '[low, high]' in percent."""
+    n = int(m["n_labeled"])
+    out = {}
+    for key in ("top1", "top5"):
+        low, high = metrics.wilson(round(m[key] * n / 100), n) if n else (float("nan"),) * 2
+        out[f"{key}_ci95"] = f"[{100 * low:.2f}, {100 * high:.2f}]"
+    return out
 
 
 def summarize(sweep_dir: Path) -> pd.DataFrame:

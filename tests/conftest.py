@@ -88,3 +88,23 @@ def config() -> Callable[..., Config]:
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def answering(tmp_path):
+    """answering(c, then=None): a checkpoint whose top-1 is always class c (then `then`)."""
+
+    def make(first: int, then: int | None = None):
+        torch.manual_seed(0)
+        model = torchvision.models.alexnet()
+        with torch.no_grad():
+            model.classifier[6].weight.zero_()
+            model.classifier[6].bias.zero_()
+            model.classifier[6].bias[first] = 20.0
+            if then is not None:
+                model.classifier[6].bias[then] = 10.0
+        path = tmp_path / f"answers-{first}-{then}.pth"
+        torch.save(model.state_dict(), path)
+        return f"model.weights={path}"
+
+    return make

@@ -14,8 +14,6 @@ from importlib.resources import files
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import torch
-import torchvision
 from helpers import categories, hub_dataset, jpeg, photo, wnid
 
 from pipeline import labels, metrics, run, rundir
@@ -24,26 +22,6 @@ from pipeline.labels import LabelSpace, class_id, imagenet_classes
 
 SPRINGER, GOLDFISH, TENCH = 217, 1, 0
 IMAGENETTE = [0, 217, 482, 491, 497, 566, 569, 571, 574, 701]  # tench, English springer, ...
-
-
-@pytest.fixture
-def answering(tmp_path):
-    """answering(c, then=None): a checkpoint whose top-1 is always class c (then `then`)."""
-
-    def make(first: int, then: int | None = None):
-        torch.manual_seed(0)
-        model = torchvision.models.alexnet()
-        with torch.no_grad():
-            model.classifier[6].weight.zero_()
-            model.classifier[6].bias.zero_()
-            model.classifier[6].bias[first] = 20.0
-            if then is not None:
-                model.classifier[6].bias[then] = 10.0
-        path = tmp_path / f"answers-{first}-{then}.pth"
-        torch.save(model.state_dict(), path)
-        return f"model.weights={path}"
-
-    return make
 
 
 def folder_of(tmp_path, names: list[str], per_class: int = 2, empty: list[str] = ()):

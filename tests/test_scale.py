@@ -253,6 +253,7 @@ def test_submitit_local_sweep_and_its_summary(repo_root, tmp_path):
     table = summarize(sweep)
     assert table["status"].tolist() == ["done", "done"]
     assert table["batch_size"].tolist() == [2, 5] and (table["n_images"] == 10).all()
+    assert table["top1_ci95"].tolist() == ["[0.00, 27.75]"] * 2  # Wilson, 0 of 10
     assert (sweep / "summary.parquet").exists()
 
 

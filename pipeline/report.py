@@ -1,0 +1,325 @@
+"""report.html + report.json for finished runs: how good the model is, how sure that number
+is, where it fails, and whether run B really differs from run A.
+
+    python -m pipeline.report RUN [RUN ...] [--thumbnails N]
+
+Written into the first RUN folder: report.html (one self-contained file: inline CSS,
+plots as inline SVG, thumbnails as data URIs, nothing from the network) and
+report.json (every number the page shows, under stable keys). Runs over the same rows
+as the first get a paired comparison with it; runs over other data a side-by-side row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import io
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline import labels, metrics, rundir
+from pipeline.config import UserError
+
+INTERVAL = "Wilson score interval, 95%"
+DIFF_INTERVAL = "Newcombe's hybrid score interval for paired proportions (method 10), 95%"
+SAME_ROWS = (
+    "dataset_path",
+    "dataset_name",
+    "split",
+    "dataset_revision",
+    "data_dir",
+    "data_files",
+    "dataset_fingerprint",
+    "dataset_rows",
+    "limit",
+    "shard",
+    "rows",
+)
+TOP_CLASSES, TOP_PAIRS, MAX_ERRORS = 20, 20, 200
+
+
+@dataclass
+class Run:
+    """A finished run folder: its plan, its metrics row, and its predictions as arrays."""
+
+    dir: Path
+    plan: dict[str, Any]
+    row: dict[str, Any]
+    index: np.ndarray
+    ids: list[str | None]
+    label: np.ndarray  # -1: unknown
+    pred: np.ndarray  # -1: not scored
+    confidence: np.ndarray  # top-1 probability; nan: not scored
+    top1: np.ndarray  # bool
+    errors: list[tuple[int, str | None, str]]
+
+    @property
+    def scored(self) -> np.ndarray:
+        return self.pred >= 0
+
+    @property
+    def labeled(self) -> np.ndarray:
+        return self.scored & (self.label >= 0)
+
+
+def load(d: Path) -> Run:
+    """A finished run folder, or one line saying why it is not."""
+    plan = rundir.read_plan(d)
+    if not (d / rundir.METRICS).exists():
+        raise UserError(f"{d} is not finished (no {rundir.METRICS}); resume it first")
+    cols = ["index", "id", "label", "pred", "topk_prob", "correct_top1", "error"]
+    table = pq.read_table(d / rundir.PREDICTIONS, columns=cols)
+    row = pq.read_table(d / rundir.METRICS).to_pylist()[0]
+    error = table["error"].to_pylist()
+    return Run(
+        dir=d,
+        plan=plan.get("results", plan),
+        row=row,
+        index=table["index"].to_numpy(),
+        ids=table["id"].to_pylist(),
+        label=pc.fill_null(table["label"], -1).to_numpy(),
+        pred=pc.fill_null(table["pred"], -1).to_numpy(),
+        confidence=pc.fill_null(pc.list_element(table["topk_prob"], 0), math.nan).to_numpy(),
+        top1=pc.fill_null(table["correct_top1"], False).to_numpy(zero_copy_only=False),
+        errors=[(i, table["id"][i].as_py(), e) for i, e in enumerate(error) if e is not None],
+    )
+
+
+def interval(successes: int, n: int) -> list[float]:
+    return [100 * x for x in metrics.wilson(successes, n)]
+
+
+def single(run: Run, names: list[str]) -> dict[str, Any]:
+    """One run's numbers: metrics with intervals, calibration, classes, confusions, errors."""
+    r, labeled = run.row, run.labeled
+    n = int(labeled.sum())
+    ece, bins = metrics.calibration(run.confidence[labeled], run.top1[labeled])
+    out = {
+        "dir": str(run.dir),
+        "dataset": r.get("dataset_path"),
+        "split": r.get("split"),
+        "model": r.get("model"),
+        "weights": r.get("weights"),
+        "label_space": r.get("label_space"),
+        "restricted": bool(r.get("restricted")),
+        **{k: r[k] for k in ("n_images", "n_scored", "n_errors", "n_labeled")},
+        "top1": r["top1"],
+        "top1_ci95": interval(round(r["top1"] * n / 100) if n else 0, n),
+        "top5": r["top5"],
+        "top5_ci95": interval(round(r["top5"] * n / 100) if n else 0, n),
+        "ece": ece,
+        "reliability": bins,
+        "published": None,
+        "classes": per_class(run, names),
+        "confusions": confusions(run, names),
+        "errors": [{"index": i, "id": name, "error": e} for i, name, e in run.errors[:MAX_ERRORS]],
+    }
+    ref = metrics.published(r)
+    if ref:
+        out["published"] = {
+            "top1": ref["acc@1"],
+            "top5": ref["acc@5"],
+            "top1_diff": r["top1"] - ref["acc@1"],
+            "top5_diff": r["top5"] - ref["acc@5"],
+        }
+    return out
+
+
+def per_class(run: Run, names: list[str]) -> dict[str, Any]:
+    """Top-1 accuracy of every class with labeled images: its histogram, worst and best."""
+    lab = run.labeled
+    counts = np.bincount(run.label[lab], minlength=len(names))
+    hits = np.bincount(run.label[lab], weights=run.top1[lab], minlength=len(names))
+    present = np.flatnonzero(counts)
+    acc = 100 * hits[present] / counts[present]
+    order = np.lexsort((present, acc))  # by accuracy, then class id
+
+    def entry(k: int) -> dict[str, Any]:
+        c = int(present[k])
+        return {"class": c, "name": names[c], "n": int(counts[c]), "top1": float(acc[k])}
+
+    histogram, edges = np.histogram(acc, bins=10, range=(0, 100))
+    return {
+        "n_classes": len(present),
+        "histogram": {"edges": edges.tolist(), "counts": histogram.tolist()},
+        "worst": [entry(k) for k in order[:TOP_CLASSES]],
+        "best": [entry(k) for k in order[::-1][:TOP_CLASSES]],
+    }
+
+
+def confusions(run: Run, names: list[str]) -> list[dict[str, Any]]:
+    """The most frequent (true -> predicted) top-1 mistakes."""
+    miss = run.labeled & ~run.top1
+    pairs, counts = np.unique(run.label[miss] * len(names) + run.pred[miss], return_counts=True)
+    order = np.lexsort((pairs, -counts))[:TOP_PAIRS]
+    return [
+        {
+            "true": int(pairs[k] // len(names)),
+            "true_name": names[pairs[k] // len(names)],
+            "pred": int(pairs[k] % len(names)),
+            "pred_name": names[pairs[k] % len(names)],
+            "count": int(counts[k]),
+        }
+        for k in order
+    ]
+
+
+def same_rows(a: Run, b: Run) -> bool:
+    return all(a.plan.get(k) == b.plan.get(k) for k in SAME_ROWS) and np.array_equal(
+        a.index, b.index
+    )
+
+
+def paired(first: Run, other: Run, names: list[str]) -> dict[str, Any]:
+    """The second run against the first, image by image: top-1 agreement, McNemar's exact
+    test on top-1 correctness, the top-1 difference with its interval, per-class changes."""
+    both_scored = first.scored & other.scored
+    lab = first.labeled & other.labeled
+    a, b = first.top1[lab], other.top1[lab]
+    cells = [int((a & b).sum()), int((a & ~b).sum()), int((~a & b).sum()), int((~a & ~b).sum())]
+    diff, lo, hi = metrics.paired_difference(*cells)
+    counts = np.bincount(first.label[lab], minlength=len(names))
+    change = np.bincount(first.label[lab], weights=b.astype(float) - a, minlength=len(names))
+    present = np.flatnonzero(counts)
+    delta = 100 * change[present] / counts[present]
+    order = np.lexsort((present, -np.abs(delta)))[:TOP_CLASSES]
+    return {
+        "run": str(other.dir),
+        "with": str(first.dir),
+        "n": int(lab.sum()),
+        "agreement": float((first.pred[both_scored] == other.pred[both_scored]).mean())
+        if both_scored.any()
+        else math.nan,
+        "first_only": cells[1],
+        "second_only": cells[2],
+        "mcnemar_p": metrics.mcnemar_exact(cells[1], cells[2]),
+        "top1_diff": 100 * diff,
+        "top1_diff_ci95": [100 * lo, 100 * hi],
+        "class_diffs": [
+            {
+                "class": int(present[k]),
+                "name": names[present[k]],
+                "n": int(counts[present[k]]),
+                "top1_diff": float(delta[k]),
+            }
+            for k in order
+        ],
+    }
+
+
+def thumbnails(run: Run, count: int, names: list[str]) -> tuple[list[dict[str, Any]], str]:
+    """The most confident mistakes, read back from the dataset by row index (or why not)."""
+    from pipeline import data
+    from pipeline.transforms import open_image, read_bytes, to_rgb
+
+    wrong = np.flatnonzero(run.labeled & ~run.top1)
+    picks = wrong[np.argsort(-run.confidence[wrong], kind="stable")][:count]
+    if count == 0 or not len(picks):
+        return [], "no mistakes to show" if count else "thumbnails not asked for"
+    p = run.plan
+    try:
+        split = data.load_split(
+            path=p["dataset_path"],
+            name=p["dataset_name"],
+            split=p["split"],
+            revision=p["dataset_revision"],
+            data_dir=p["data_dir"],
+            data_files=p["data_files"],
+            streaming=False,
+            image_column=p["image_column"],
+            label_column=None,
+            id_column=None,
+        )
+        column = split.table.select_columns([split.image_column])
+        images = column[[int(run.index[k]) for k in picks]][split.image_column]
+    except Exception as e:  # moved, offline, deleted: the page says so and goes on
+        return [], f"the dataset could not be read for thumbnails ({str(e).splitlines()[0][:200]})"
+    shown = []
+    for k, image in zip(picks, images, strict=True):
+        try:
+            picture = to_rgb(open_image(read_bytes(image, split.roots)))
+        except Exception:
+            continue
+        picture.thumbnail((160, 160))
+        buf = io.BytesIO()
+        picture.save(buf, "JPEG", quality=80)
+        shown.append(
+            {
+                "index": int(run.index[k]),
+                "id": run.ids[k],
+                "confidence": float(run.confidence[k]),
+                "label": names[run.label[k]],
+                "pred": names[run.pred[k]],
+                "jpeg": base64.b64encode(buf.getvalue()).decode(),
+            }
+        )
+    return shown, f"the {len(shown)} most confident top-1 mistakes"
+
+
+def build(dirs: list[Path], n_thumbnails: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """report.json's content, and the thumbnails (kept out of the JSON)."""
+    runs = [load(d) for d in dirs]
+    names = labels.categories()
+    first = runs[0]
+    report = {
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "interval": INTERVAL,
+        "difference_interval": DIFF_INTERVAL,
+        "ece_bins": 15,
+        "runs": [single(r, names) for r in runs],
+        "paired": [paired(first, r, names) for r in runs[1:] if same_rows(first, r)],
+    }
+    shown, note = thumbnails(first, n_thumbnails, names)
+    report["thumbnails"] = {"shown": len(shown), "note": note}
+    return report, shown
+
+
+def write(dirs: list[Path], n_thumbnails: int) -> dict[str, Any]:
+    """Write report.json and report.html into the first run's folder."""
+    from pipeline import report_html
+
+    report, shown = build(dirs, n_thumbnails)
+    out = dirs[0]
+    rundir.write_json(out / "report.json", report)
+    page = report_html.render(report, shown)
+    rundir.durable_write(out / "report.html", lambda tmp: tmp.write_text(page))
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.report", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "runs", type=Path, nargs="+", help="finished run folders; the first gets the report"
+    )
+    parser.add_argument(
+        "--thumbnails", type=int, default=24, help="most confident mistakes to show (0: none)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        report = write(args.runs, args.thumbnails)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    first = report["runs"][0]
+    lo, hi = first["top1_ci95"]
+    print(f"top-1 {first['top1']:.3f} [{lo:.3f}, {hi:.3f}]  ECE {first['ece']:.4f}")
+    for p in report["paired"]:
+        print(
+            f"vs {p['run']}: agreement {p['agreement']:.4f}, top-1 {p['top1_diff']:+.3f} "
+            f"points, McNemar p={p['mcnemar_p']:.3g}"
+        )
+    print(f"wrote {args.runs[0] / 'report.html'} and {args.runs[0] / 'report.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""The report page: report.json's numbers as one self-contained HTML file."""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+from typing import Any
+
+CSS = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 1100px;
+       color: #1d2430; padding: 0 16px }
+h1 { font-size: 22px; margin: 0 0 4px }
+h2 { font-size: 17px; margin: 28px 0 8px; border-bottom: 1px solid #dde3ea; padding-bottom: 4px }
+.muted { color: #5c6b7a }
+table { border-collapse: collapse; margin: 6px 0 12px; font-variant-numeric: tabular-nums }
+td, th { padding: 3px 10px; border-bottom: 1px solid #edf0f3; text-align: left }
+th { background: #f5f7f9; font-weight: 600 }
+td.n { text-align: right }
+.cards, .plots, .thumbs { display: flex; gap: 14px; flex-wrap: wrap }
+.card { border: 1px solid #dde3ea; border-radius: 8px; padding: 10px 14px; min-width: 150px }
+.card b { display: block; font-size: 22px }
+.thumbs figure { margin: 0; width: 164px; font-size: 12px }
+.thumbs img { border-radius: 4px; display: block; margin-bottom: 3px }
+.warn { color: #a33 }
+"""
+
+
+def esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def num(x: Any, digits: int = 3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def ci(pair: list[float]) -> str:
+    return f"[{num(pair[0], 2)}, {num(pair[1], 2)}]"
+
+
+def table(head: list[str], rows: list[list[Any]], numeric: set[int] = frozenset()) -> str:
+    th = "".join(f"<th>{esc(h)}</th>" for h in head)
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td{' class=n' if j in numeric else ''}>{esc(c)}</td>" for j, c in enumerate(r))
+        + "</tr>"
+        for r in rows
+    )
+    return f"<table><tr>{th}</tr>{body}</table>"
+
+
+def svg(figure: Any) -> str:
+    buf = io.StringIO()
+    figure.savefig(buf, format="svg", bbox_inches="tight")
+    text = buf.getvalue()
+    return text[text.index("<svg") :]
+
+
+def reliability(bins: list[dict[str, float]], ece: float) -> str:
+    """The reliability diagram: accuracy against mean confidence per bin, and the diagonal."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.2, 4.0))
+    ax = fig.subplots()
+    centers = [(b["lower"] + b["upper"]) / 2 for b in bins]
+    accs = [0 if math.isnan(b["accuracy"]) else b["accuracy"] for b in bins]
+    ax.bar(
+        centers, accs, width=1 / len(bins), edgecolor="#2b5b84", color="#8fb8de", label="accuracy"
+    )
+    ax.plot([0, 1], [0, 1], "--", color="#a33", lw=1, label="perfectly calibrated")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="top-1 probability",
+        ylabel="top-1 accuracy",
+        title=f"Reliability (ECE {ece:.4f}, 15 bins)",
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    return svg(fig)
+
+
+def histogram(classes: dict[str, Any]) -> str:
+    """How many classes reach each band of top-1 accuracy."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.6, 4.0))
+    ax = fig.subplots()
+    edges, counts = classes["histogram"]["edges"], classes["histogram"]["counts"]
+    ax.bar(edges[:-1], counts, width=10, align="edge", color="#9fc99a", edgecolor="#3f7a3a")
+    ax.set(
+        xlim=(0, 100),
+        xlabel="per-class top-1 accuracy (%)",
+        ylabel="classes",
+        title=f"Per-class accuracy ({classes['n_classes']} classes)",
+    )
+    return svg(fig)
+
+
+def run_cards(r: dict[str, Any]) -> str:
+    cards = [
+        ("top-1", f"{num(r['top1'])}", f"{ci(r['top1_ci95'])}"),
+        ("top-5", f"{num(r['top5'])}", f"{ci(r['top5_ci95'])}"),
+        ("ECE", num(r["ece"], 4), "15 bins"),
+        ("images", r["n_images"], f"{r['n_labeled']} labeled, {r['n_errors']} not scored"),
+    ]
+    return (
+        '<div class="cards">'
+        + "".join(
+            f'<div class="card">{esc(t)}<b>{esc(v)}</b><span class="muted">{esc(s)}</span></div>'
+            for t, v, s in cards
+        )
+        + "</div>"
+    )
+
+
+def first_run(r: dict[str, Any], shown: list[dict[str, Any]], note: str) -> str:
+    """The first run in detail: numbers, plots, classes, confusions, errors, mistakes."""
+    restricted = ", outputs restricted to its classes" if r["restricted"] else ""
+    parts = [
+        f"<h2>{esc(r['dataset'])} · {esc(r['split'])}</h2>",
+        run_cards(r),
+        f"<p class=muted>label space: {esc(r['label_space'])}{restricted} · "
+        f"model {esc(r['model'])}, weights {esc(r['weights'])}</p>",
+    ]
+    if r["published"]:
+        p = r["published"]
+        warn = " class=warn" if max(abs(p["top1_diff"]), abs(p["top5_diff"])) > 0.1 else ""
+        parts.append(
+            f"<p{warn}>Published (torchvision): top-1 {num(p['top1'])}, top-5 {num(p['top5'])}; "
+            f"this run {p['top1_diff']:+.3f} / {p['top5_diff']:+.3f} points.</p>"
+        )
+    plots = reliability(r["reliability"], r["ece"]) + histogram(r["classes"])
+    parts.append(f'<div class="plots">{plots}</div>')
+    for key, title in (("worst", "Worst classes"), ("best", "Best classes")):
+        rows = [[c["name"], c["class"], c["n"], num(c["top1"], 1)] for c in r["classes"][key]]
+        parts += [f"<h2>{title}</h2>", table(["class", "id", "images", "top-1 %"], rows, {1, 2, 3})]
+    pairs = [[c["true_name"], c["pred_name"], c["count"]] for c in r["confusions"]]
+    parts += ["<h2>Most confused pairs</h2>", table(["true", "predicted", "images"], pairs, {2})]
+    errors = [[e["index"], e["id"], e["error"]] for e in r["errors"]]
+    listed = table(["row", "id", "reason"], errors, {0}) if errors else "<p class=muted>none</p>"
+    parts += [f"<h2>Not scored ({r['n_errors']})</h2>", listed]
+    return "".join(parts) + mistakes(shown, note)
+
+
+def mistakes(shown: list[dict[str, Any]], note: str) -> str:
+    figures = "".join(
+        f'<figure><img src="data:image/jpeg;base64,{t["jpeg"]}" alt="row {t["index"]}">'
+        f"row {t['index']} · p={t['confidence']:.2f}<br>{esc(t['id'])}<br>"
+        f"{esc(t['label'])} → <b>{esc(t['pred'])}</b></figure>"
+        for t in shown
+    )
+    head = f"<h2>Most confident mistakes</h2><p class=muted>{esc(note)}</p>"
+    return f'{head}<div class="thumbs">{figures}</div>'
+
+
+def comparisons(report: dict[str, Any]) -> str:
+    runs = report["runs"]
+    rows = [
+        [
+            r["dir"],
+            r["dataset"],
+            r["split"],
+            r["label_space"],
+            r["n_images"],
+            r["n_errors"],
+            f"{num(r['top1'])} {ci(r['top1_ci95'])}",
+            f"{num(r['top5'])} {ci(r['top5_ci95'])}",
+            num(r["ece"], 4),
+        ]
+        for r in runs
+    ]
+    out = [
+        "<h2>All runs, side by side</h2>",
+        table(
+            [
+                "run",
+                "dataset",
+                "split",
+                "label space",
+                "images",
+                "errors",
+                "top-1 [95% CI]",
+                "top-5 [95% CI]",
+                "ECE",
+            ],
+            rows,
+            {4, 5},
+        ),
+    ]
+    for p in report["paired"]:
+        head = [
+            "images",
+            "top-1 agreement",
+            "only first right",
+            "only second right",
+            "McNemar p",
+            "top-1 change [95% CI]",
+        ]
+        row = [
+            p["n"],
+            num(p["agreement"], 4),
+            p["first_only"],
+            p["second_only"],
+            f"{p['mcnemar_p']:.3g}",
+            f"{p['top1_diff']:+.3f} {ci(p['top1_diff_ci95'])}",
+        ]
+        diffs = [
+            [d["name"], d["class"], d["n"], f"{d['top1_diff']:+.1f}"] for d in p["class_diffs"]
+        ]
+        out += [
+            f"<h2>Paired: {esc(p['run'])} against {esc(p['with'])}</h2>",
+            table(head, [row], {0, 2, 3}),
+            "<p class=muted>Classes that changed most (top-1 points)</p>",
+            table(["class", "id", "images", "change"], diffs, {1, 2, 3}),
+        ]
+    return "".join(out)
+
+
+def render(report: dict[str, Any], shown: list[dict[str, Any]]) -> str:
+    body = first_run(report["runs"][0], shown, report["thumbnails"]["note"])
+    if len(report["runs"]) > 1:
+        body += comparisons(report)
+    foot = (
+        f"Intervals: {esc(report['interval'])}; differences: "
+        f"{esc(report['difference_interval'])}; McNemar's exact test on per-image top-1 "
+        f"correctness. Made {esc(report['created'])}."
+    )
+    return (
+        "<!doctype html><html><head><meta charset=utf-8><title>alexnet-eval report</title>"
+        f"<style>{CSS}</style></head><body><h1>alexnet-eval report</h1>"
+        f"<p class=muted>{esc(report['runs'][0]['dir'])}</p>{body}"
+        f"<p class=muted>{foot}</p></body></html>"
+    )
