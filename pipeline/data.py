@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -436,7 +436,7 @@ def iter_batches(
     chunk_rows: int,
     labels: LabelSpace,
     **item_args: Any,
-) -> Iterator[dict[str, Any]]:
+) -> Generator[dict[str, Any], None, None]:
     """Batches of the rows in `todo`, in split order.
 
     A map-style split feeds one DataLoader. A streamed split is read in chunks
@@ -446,7 +446,7 @@ def iter_batches(
     shut down when the iteration ends, however it ends.
     """
     if split.num_rows is not None:
-        chunks: Iterator[tuple[int, Any, Sequence[int]]] = iter(
+        chunks: Iterator[tuple[int, Any, Any]] = iter(
             [(0, split.table, positions_of(todo, split.num_rows))]
         )
     else:
@@ -473,9 +473,7 @@ def iter_batches(
             del loader  # stops its workers now, not at interpreter exit
 
 
-def _stream_chunks(
-    table: Any, *, todo: Todo, chunk_rows: int
-) -> Iterator[tuple[int, Any, list[int]]]:
+def _stream_chunks(table: Any, *, todo: Todo, chunk_rows: int) -> Iterator[tuple[int, Any, Any]]:
     """(first index, in-memory Dataset, positions in it to score) for consecutive chunks of
     a streamed split, from the first row to score to the last."""
     import datasets

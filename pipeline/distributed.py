@@ -117,7 +117,8 @@ def share(todo: list[tuple[int, int | None]], group: Group) -> list[tuple[int, i
     bounded = [(a, b) for a, b in todo if b is not None]
     total = sum(b - a for a, b in bounded)
     lo, hi = shard_rows(total, group.rank, group.world)
-    mine, seen = [], 0
+    mine: list[tuple[int, int | None]] = []
+    seen = 0
     for a, b in bounded:
         start, stop = max(a, a + lo - seen), min(b, a + hi - seen)
         if start < stop:

@@ -47,7 +47,7 @@ def check_shards(out_dir: Path, shard_dirs: list[Path]) -> tuple[dict[str, Any],
     rows, limit = common["dataset_rows"], common["limit"]
     n = rows if limit is None else min(limit, rows)
     parts = sorted(
-        (rundir.Part(*p["results"]["rows"], d / rundir.PREDICTIONS)
+        (rundir.Part(p["results"]["rows"][0], p["results"]["rows"][1], d / rundir.PREDICTIONS)
          for d, p in zip(shard_dirs, plans, strict=True)),
         key=lambda q: (q.first, q.stop),
     )  # fmt: skip

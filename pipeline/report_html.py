@@ -38,7 +38,9 @@ def ci(pair: list[float]) -> str:
     return f"[{num(pair[0], 2)}, {num(pair[1], 2)}]"
 
 
-def table(head: list[str], rows: list[list[Any]], numeric: set[int] = frozenset()) -> str:
+def table(
+    head: list[str], rows: list[list[Any]], numeric: frozenset[int] | set[int] = frozenset()
+) -> str:
     th = "".join(f"<th>{esc(h)}</th>" for h in head)
     body = "".join(
         "<tr>"

@@ -209,7 +209,7 @@ def rows_of(missing: list[tuple[int, int | None]]) -> int | None:
     """How many rows are missing (None when the last range is open-ended)."""
     if missing and missing[-1][1] is None:
         return None
-    return sum(b - a for a, b in missing)  # type: ignore[operator]
+    return sum(b - a for a, b in missing if b is not None)
 
 
 # ----------------------------------------------------------------- the folder

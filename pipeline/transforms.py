@@ -261,9 +261,10 @@ def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor | None
     from torchcodec.decoders import decode_jpeg
 
     try:
-        return decode_jpeg(data, mode="RGB", device=device)
+        image = decode_jpeg(data, mode="RGB", device=device)
     except RuntimeError:
         return None
+    return image if isinstance(image, torch.Tensor) else None
 
 
 def orientation(header: Image.Image) -> int:

@@ -37,11 +37,11 @@ def jpeg(i: int, seed: int = 0) -> bytes:
     w, h = src.size
     scale = rng.uniform(0.55, 1.0)
     cw, ch = int(w * scale), int(h * scale)
-    x, y = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
     size = (500, 375) if rng.random() < 0.75 else (375, 500)
-    img = src.crop((x, y, x + cw, y + ch)).resize(size, Image.BILINEAR)
+    img = src.crop((x, y, x + cw, y + ch)).resize(size, Image.Resampling.BILINEAR)
     if rng.random() < 0.5:
-        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     # float32, not float64: half the cost of the whole image at this size
     shifted = np.asarray(img, np.float32) * rng.uniform(0.8, 1.2, 3).astype(np.float32)
     out = io.BytesIO()
