@@ -17,7 +17,7 @@ date -u
 if [[ "${1:-}" == "--dry-run" ]]; then
     exec timeout 180 python3 benchmarks/bench.py --dry-run --work "${WORK:-/tmp/alexnet-eval-bench-dry}"
 fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 echo "cores: $(nproc)"
 timeout 290 python3 benchmarks/bench.py --device cuda --images "${IMAGES:-20000}" --pairs 2 \
     --batch-size 512 --workers "$(nproc)" --memory "" --model-seconds 3 --timeout 120 \

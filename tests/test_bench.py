@@ -43,7 +43,7 @@ def test_preflight_names_every_problem_before_any_work(bench, tmp_path, monkeypa
 
     monkeypatch.setattr(importlib, "import_module", missing_datasets)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    problems = bench.preflight("cuda", tmp_path)
+    problems, _ = bench.preflight("cuda", tmp_path)
     assert "import datasets failed: No module named 'datasets'" in problems
     assert any(p.startswith("CUDA is not available") for p in problems)
     assert not list(tmp_path.iterdir())  # no corpus yet
