@@ -217,7 +217,7 @@ def paired(first: Run, other: Run, names: list[str]) -> dict[str, Any]:
 
 def thumbnails(run: Run, count: int, names: list[str]) -> tuple[list[dict[str, Any]], str]:
     """The most confident mistakes, read back from the dataset by row index (or why not)."""
-    from pipeline import data
+    from pipeline import splits
     from pipeline.transforms import open_image, read_bytes, to_rgb
 
     wrong = np.flatnonzero(run.labeled & ~run.top1)
@@ -226,7 +226,7 @@ def thumbnails(run: Run, count: int, names: list[str]) -> tuple[list[dict[str, A
         return [], "no mistakes to show" if count else "thumbnails not asked for"
     p = run.plan
     try:
-        split = data.load_split(
+        split = splits.load_split(
             path=p["dataset_path"],
             name=p["dataset_name"],
             split=p["split"],

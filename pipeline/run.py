@@ -18,7 +18,19 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from pipeline import data, distributed, inference, labels, metrics, model, plan, rundir, stop, write
+from pipeline import (
+    data,
+    distributed,
+    inference,
+    labels,
+    metrics,
+    model,
+    plan,
+    rundir,
+    splits,
+    stop,
+    write,
+)
 from pipeline.config import Config, UserError, check_values
 from pipeline.transforms import Preprocess
 
@@ -60,7 +72,7 @@ def _run(
     model.start_hashing(cfg.model.arch, cfg.model.weights)  # while the dataset loads
     d = cfg.dataset
     split = group.rank0_first(
-        lambda: data.load_split(
+        lambda: splits.load_split(
             path=d.path,
             name=d.name,
             split=d.split,
@@ -100,7 +112,7 @@ def _run(
     mine = distributed.share(todo, group)
     if real is not None:
         positions = data.positions_of(mine, split.num_rows or 0)
-        real.check(data.row_ids(split, positions, cfg.dataset.id_column), positions.tolist())
+        real.check(splits.row_ids(split, positions, cfg.dataset.id_column), positions.tolist())
     stopper.check(hint)
     net = model.place(
         loaded.model, settings.device, channels_last=cfg.channels_last, compile=cfg.compile
@@ -134,7 +146,7 @@ def _run(
     return result
 
 
-def resolve_labels(cfg: Config, split: data.Split) -> labels.LabelSpace:
+def resolve_labels(cfg: Config, split: splits.Split) -> labels.LabelSpace:
     """The label space of this split (labels.py), from its features and, where it takes
     them, its folder names or distinct string values."""
     column = cfg.dataset.label_column
@@ -143,12 +155,12 @@ def resolve_labels(cfg: Config, split: data.Split) -> labels.LabelSpace:
         label_column=column,
         classes=cfg.dataset.classes,
         restrict=str(cfg.dataset.restrict),
-        folder_names=data.folder_names(split) if column else None,
-        string_values=data.string_values(split, column),
+        folder_names=splits.folder_names(split) if column else None,
+        string_values=splits.string_values(split, column),
     )
 
 
-def load_real(cfg: Config, split: data.Split) -> labels.RealLabels | None:
+def load_real(cfg: Config, split: splits.Split) -> labels.RealLabels | None:
     if cfg.metrics.real_labels is None:
         return None
     if split.num_rows is None:
@@ -180,7 +192,7 @@ def missing_rows(
 
 def score_rows(
     cfg: Config,
-    split: data.Split,
+    split: splits.Split,
     loaded: model.LoadedModel,
     net: torch.nn.Module,
     *,

@@ -88,8 +88,8 @@ def hub_rows(n: int = len(LABELS)) -> dict[str, list]:
 
 
 def load(path: str, **kwargs):
-    """data.load_split with the defaults of a plain labeled split."""
-    from pipeline import data
+    """splits.load_split with the defaults of a plain labeled split."""
+    from pipeline import splits
 
     args = dict(
         name=None,
@@ -102,7 +102,7 @@ def load(path: str, **kwargs):
         label_column="label",
         id_column=None,
     )
-    return data.load_split(path=path, **{**args, **kwargs})
+    return splits.load_split(path=path, **{**args, **kwargs})
 
 
 def wnid(label: int) -> str:

@@ -11,7 +11,7 @@ from helpers import LABELS, jpeg, load, photo
 from PIL import Image
 from torchvision.models import AlexNet_Weights
 
-from pipeline import data, transforms
+from pipeline import data, splits, transforms
 from pipeline.config import UserError
 from pipeline.labels import LabelSpace
 from pipeline.transforms import Roots
@@ -167,7 +167,7 @@ def test_folder_data_files_match_datasets_own_search(tmp_path, layout):
     for name in layout:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
-    ours = data._folder_files(str(tmp_path))
+    ours = splits._folder_files(str(tmp_path))
     patterns = df.get_data_patterns(str(tmp_path))
     theirs = df.DataFilesDict.from_patterns(patterns, base_path=str(tmp_path))
     assert list(ours) == [str(split) for split in theirs]
@@ -179,4 +179,4 @@ def test_folder_data_files_match_datasets_own_search(tmp_path, layout):
 def test_folder_without_data_files_is_left_to_datasets(tmp_path):
     (tmp_path / ".hidden").mkdir()
     (tmp_path / ".hidden" / "a.jpg").write_bytes(b"x")
-    assert data._folder_files(str(tmp_path)) is None
+    assert splits._folder_files(str(tmp_path)) is None

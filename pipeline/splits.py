@@ -1,0 +1,295 @@
+"""Splits: one split of a Hugging Face dataset, from the hub, local files or a
+`save_to_disk` folder, with its image column left encoded, and what its labels are.
+
+`load_split` is `load_dataset` in its two steps, so that a split that was not named can
+be found between them, and so that a local folder's files come from one directory walk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import UserError, plain
+from pipeline.transforms import Roots
+
+SAVED_DATASET_MARKERS = ("dataset_dict.json", "state.json")
+FOLDER_BUILDERS = ("imagefolder",)  # builders whose rows are files found by walking a folder
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- the split
+
+
+@dataclass
+class Split:
+    """A loaded split: a map-style HF Dataset, or an IterableDataset when streaming."""
+
+    table: Any  # datasets.Dataset | datasets.IterableDataset, image column not decoded
+    name: str  # the split actually loaded (found when dataset.split was null)
+    num_rows: int | None  # None when streaming
+    roots: Roots  # where image paths inside the dataset may lead
+    image_column: str  # the configured one, or the one found for "auto"
+    builder: str | None  # datasets' builder: imagefolder, parquet, webdataset, ...
+    fingerprint: str | None  # datasets' fingerprint (None when streaming)
+
+
+def load_split(
+    *,
+    path: str,
+    name: str | None,
+    split: str | None,
+    revision: str | None,
+    data_dir: str | None,
+    data_files: Any,
+    streaming: bool,
+    image_column: str,
+    label_column: str | None,
+    id_column: str | None,
+) -> Split:
+    """Load one split with `datasets`, from the hub, local files or a `save_to_disk` folder;
+    with split=None, the data's only split."""
+    import datasets
+
+    try:
+        if os.path.isdir(path) and any(
+            os.path.exists(os.path.join(path, m)) for m in SAVED_DATASET_MARKERS
+        ):
+            table = _load_saved(path, split)
+        else:
+            builder = _builder(path, name, revision, data_dir, data_files)
+            if split is None:
+                available = list(builder.config.data_files or builder.info.splits or [])
+                split = choose_split(available, path)
+            if streaming:
+                table = builder.as_streaming_dataset(split=split)
+            else:
+                builder.download_and_prepare()
+                table = builder.as_dataset(split=split)
+    except UserError:
+        raise
+    except Exception as e:  # datasets raises many types; all mean "could not load"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "reach" in reason:  # no network, or offline mode without a cached copy
+            reason += "; offline, use a cached copy (HF_DATASETS_OFFLINE=1) or a local path"
+        raise UserError(f"Could not load dataset '{path}' split '{split}': {reason}") from e
+    features = table.features or {}
+    image_column = _image_column(features, image_column)
+    for role, column in (("label", label_column), ("id", id_column)):
+        if column is not None and column not in features:
+            raise UserError(
+                f"Column '{column}' (dataset.{role}_column) not in the dataset; "
+                f"columns present: {', '.join(features)}"
+            )
+    builder = getattr(table.info, "builder_name", None)
+    fingerprint = None if streaming else getattr(table, "_fingerprint", None)
+    table = table.cast_column(image_column, datasets.Image(decode=False))
+    return Split(
+        table=table,
+        name=str(table.split) if getattr(table, "split", None) else (split or ""),
+        num_rows=None if streaming else len(table),
+        roots=_roots(path, data_dir, data_files, walked=builder in FOLDER_BUILDERS),
+        image_column=image_column,
+        builder=builder,
+        fingerprint=fingerprint,
+    )
+
+
+def _builder(
+    path: str, name: str | None, revision: str | None, data_dir: str | None, data_files: Any
+) -> Any:
+    """`load_dataset`'s first step (its second is in load_split): between the two, a split
+    name that was not given can be found."""
+    import datasets
+
+    files = plain(data_files)
+    if files is None and name is None and _plain_folder(path):
+        files = _folder_files(os.path.join(path, data_dir or ""))
+    return datasets.load_dataset_builder(
+        path, name, revision=revision, data_dir=data_dir, data_files=files
+    )
+
+
+def choose_split(available: Sequence[str], where: str) -> str:
+    """The only split there is; with several, one line naming them."""
+    if len(available) == 1:
+        return str(available[0])
+    if not available:
+        raise UserError(f"{where} has no splits; set dataset.split")
+    raise UserError(
+        f"{where} has splits {', '.join(map(str, available))}: choose one with dataset.split=..."
+    )
+
+
+def _load_saved(path: str, split: str | None) -> Any:
+    """A `save_to_disk` folder: pick the split of a DatasetDict, then apply a slice."""
+    import datasets
+
+    loaded = datasets.load_from_disk(path)
+    if split is None:
+        if not isinstance(loaded, datasets.DatasetDict):
+            return loaded
+        split = choose_split(list(loaded), path)
+    instruction = datasets.ReadInstruction.from_spec(split)
+    names = [ins.splitname for ins in instruction._relative_instructions]
+    if not isinstance(loaded, datasets.DatasetDict):
+        # a single saved Dataset has no split names: only the slice applies
+        loaded = datasets.DatasetDict({name: loaded for name in names})
+    unknown = set(names) - set(loaded)
+    if unknown:
+        raise UserError(f"Unknown split '{split}' in {path}; splits: {', '.join(loaded)}")
+    sizes = {name: len(ds) for name, ds in loaded.items()}
+    parts = [
+        loaded[a.splitname].select(range(a.from_, a.to)) for a in instruction.to_absolute(sizes)
+    ]
+    return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+def _image_column(features: Any, configured: str) -> str:
+    """The configured column, or for "auto" the dataset's only image column (webdataset
+    shards name it after the file type: jpg, webp, png)."""
+    import datasets
+
+    if configured != "auto":
+        if configured not in features:
+            raise UserError(
+                f"Column '{configured}' (dataset.image_column) not in the dataset; "
+                f"columns present: {', '.join(features)}"
+            )
+        return configured
+    images = [c for c, f in features.items() if isinstance(f, datasets.Image)]
+    if len(images) == 1:
+        return images[0]
+    found = f"image columns {', '.join(images)}" if images else "no image column"
+    raise UserError(
+        f"dataset.image_column=auto found {found}; columns present: {', '.join(features)}; "
+        f"set dataset.image_column"
+    )
+
+
+def _plain_folder(path: str) -> bool:
+    """A local folder of data files, without a README whose YAML could name its own files."""
+    return os.path.isdir(path) and not os.path.exists(os.path.join(path, "README.md"))
+
+
+def _folder_files(folder: str) -> Any:
+    """A local folder's data files by split, found with one directory walk, as the
+    `DataFilesDict` that `datasets` would build itself (None: let it search).
+
+    `load_dataset` finds a folder's splits by globbing some 60 candidate patterns,
+    each a full walk of the tree, then resolves the chosen patterns twice and stats
+    every file through a thread pool: 15 s at every start for ImageNet's 50,000 val
+    files. This runs `datasets`' own split search over one walk, with its rules
+    (hidden and `__special__` folders, hidden files and its ignored names left out),
+    and hands over the files with the modification times `datasets` keys its cache on.
+    The walk follows linked folders, which `datasets`' glob does not enter (a class
+    subset linked into a shared ImageNet copy would silently lose those classes).
+    None when this `datasets` lacks the helpers or the folder has no data files:
+    `load_dataset` then searches (and reports) by itself.
+    """
+    import datasets.data_files as df
+    from fsspec.utils import glob_translate
+
+    search = getattr(df, "_get_data_files_patterns", None)
+    if search is None or not hasattr(df, "DataFilesList"):
+        return None
+    files, mtimes = [], {}
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith((".", "__"))]
+        rel = os.path.relpath(root, folder).replace(os.sep, "/")
+        for name in names:
+            full = os.path.join(root, name)
+            if name.startswith(".") or name in df.FILES_TO_IGNORE or not os.path.isfile(full):
+                continue
+            files.append(name if rel == "." else f"{rel}/{name}")
+            mtimes[files[-1]] = str(os.stat(full).st_mtime)
+    files.sort()
+
+    def matches(pattern: str) -> list[str]:
+        regex = re.compile(glob_translate(pattern))
+        return [f for f in files if regex.match(f)]
+
+    def resolve(pattern: str) -> list[str]:
+        matched = matches(pattern)
+        if not matched:
+            raise FileNotFoundError(pattern)
+        return matched
+
+    try:
+        splits = search(resolve)
+    except Exception as e:  # no data files, or another `datasets`: let it search itself
+        log.debug("split patterns of %s left to datasets: %s", folder, e)
+        return None
+    base = os.path.abspath(folder)
+    out = df.DataFilesDict()
+    for split, patterns in splits.items():
+        chosen = list(dict.fromkeys(f for p in patterns for f in matches(p)))
+        paths = [os.path.join(base, f).replace(os.sep, "/") for f in chosen]
+        out[str(split)] = df.DataFilesList(paths, [(mtimes[f],) for f in chosen])
+    return out
+
+
+def _roots(path: str, data_dir: str | None, data_files: Any, *, walked: bool) -> Roots:
+    """Where image paths stored in the dataset may lead: its own folders and the HF cache.
+    For a folder of image files the paths come from walking it, so links found there are
+    part of the dataset (a class subset linked into a shared ImageNet copy)."""
+    import datasets
+
+    own = [p for p in (path, data_dir) if p and os.path.isdir(p)]
+    files = plain(data_files)
+    if isinstance(files, dict):
+        files = [f for v in files.values() for f in ([v] if isinstance(v, str) else v)]
+    for f in [files] if isinstance(files, str) else files or []:
+        own.append(os.path.dirname(os.path.abspath(f)))
+    confined = [datasets.config.HF_DATASETS_CACHE, *own]
+    return Roots(
+        confined=tuple(os.path.realpath(r) for r in confined),
+        walked=tuple(os.path.abspath(r) for r in own) if walked else (),
+        own=tuple(os.path.realpath(r) for r in own),
+    )
+
+
+# ------------------------------------------------------- what the labels are
+
+
+def folder_names(split: Split) -> list[str] | None:
+    """All class folders of an image folder, empty ones included (datasets' ClassLabel
+    leaves those out; torchvision's ImageFolder does not). None for other layouts."""
+    if split.builder not in FOLDER_BUILDERS or split.num_rows is None:
+        return None
+    paths = split.table.with_format("arrow")[split.image_column].combine_chunks().field("path")
+    parents = {os.path.dirname(os.path.dirname(p)) for p in paths.to_pylist() if p}
+    if len(parents) != 1:
+        return None
+    (top,) = parents
+    return sorted(
+        e.name for e in os.scandir(top) if e.is_dir() and not e.name.startswith((".", "__"))
+    )
+
+
+def string_values(split: Split, column: str | None) -> list[str] | None:
+    """The distinct values of a string label column (None when streaming or not strings)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if column is None or split.num_rows is None:
+        return None
+    values = split.table.with_format("arrow")[column]
+    if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
+        return None
+    return [v for v in pc.unique(values).to_pylist() if v is not None]
+
+
+def row_ids(split: Split, positions: np.ndarray, id_column: str | None) -> list[str | None]:
+    """The id (or image file path) of rows, read without decoding any image."""
+    if id_column:
+        return split.table.with_format("arrow")[id_column].take(positions).to_pylist()
+    images = split.table.with_format("arrow")[split.image_column].take(positions)
+    return images.combine_chunks().field("path").to_pylist()
