@@ -193,3 +193,5 @@ def check_values(cfg: Config) -> None:
             raise UserError(f"{key}={value}; it must be 1 or more")
     if cfg.limit is not None and cfg.limit < 0:
         raise UserError(f"limit={cfg.limit}; use a count of images, or null for all")
+    if str(cfg.dataset.restrict).lower() not in ("auto", "false"):
+        raise UserError(f"dataset.restrict={cfg.dataset.restrict}; valid: auto or false")

@@ -192,8 +192,6 @@ def resolve(
     labels are folder names (datasets drops empty folders from its ClassLabel).
     string_values: the distinct values of a string label column (None when streaming).
     """
-    if restrict not in ("auto", "false", "False"):
-        raise UserError(f"dataset.restrict={restrict}; valid: auto or false")
     if label_column is None:
         return UNLABELED
     feature = features[label_column]

@@ -154,7 +154,7 @@ def resolve_labels(cfg: Config, split: splits.Split) -> labels.LabelSpace:
         split.table.features,
         label_column=column,
         classes=cfg.dataset.classes,
-        restrict=str(cfg.dataset.restrict),
+        restrict=str(cfg.dataset.restrict).lower(),
         folder_names=splits.folder_names(split) if column else None,
         string_values=splits.string_values(split, column),
     )

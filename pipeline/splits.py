@@ -79,7 +79,8 @@ def load_split(
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "reach" in reason:  # no network, or offline mode without a cached copy
             reason += "; offline, use a cached copy (HF_DATASETS_OFFLINE=1) or a local path"
-        raise UserError(f"Could not load dataset '{path}' split '{split}': {reason}") from e
+        which = f" split '{split}'" if split else ""
+        raise UserError(f"Could not load dataset '{path}'{which}: {reason}") from e
     features = table.features or {}
     image_column = _image_column(features, image_column)
     for role, column in (("label", label_column), ("id", id_column)):

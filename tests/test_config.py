@@ -129,3 +129,10 @@ def test_values_out_of_range_are_refused(config, override, message):
     """A batch size below 1 or a negative limit fails with one line naming the key."""
     with pytest.raises(UserError, match=message):
         check_values(config(override))
+
+
+def test_restrict_takes_auto_or_false(config):
+    """dataset.restrict is auto or false (any case, as Hydra parses false); else one line."""
+    check_values(config("dataset.restrict=false"))
+    with pytest.raises(UserError, match=r"dataset.restrict=maybe; valid: auto or false"):
+        check_values(config("dataset.restrict=maybe"))
