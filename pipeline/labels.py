@@ -25,7 +25,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from importlib.resources import files
 from typing import Any
 
@@ -53,12 +53,17 @@ class LabelSpace:
     def restricted(self) -> bool:
         return self.subset is not None
 
+    @cached_property
+    def _by_name(self) -> dict[str, int]:
+        return dict(self.names or ())
+
     def to_imagenet(self, value: Any) -> int | None:
-        """A dataset label -> the ImageNet id it is compared with (None: unknown)."""
+        """A dataset label -> the ImageNet id it is compared with (None: unknown); called
+        for every row, in the workers."""
         if value is None or value == -1 or self.kind == "unlabeled":
             return None
         if self.names is not None:
-            return dict(self.names)[value]
+            return self._by_name[value]
         return int(value) if self.table is None else self.table[int(value)]
 
     def digest(self) -> str:
@@ -70,7 +75,7 @@ class LabelSpace:
         """Refuse, before inference, a label the mapping does not cover, naming its row."""
         if self.kind == "unlabeled":
             return
-        known = dict(self.names) if self.names is not None else None
+        known = self._by_name if self.names is not None else None
         size = N_CLASSES if self.table is None else len(self.table)
         for row, v in zip(rows, values, strict=True):
             if v is None or v == -1:

@@ -69,25 +69,7 @@ def _run(
 ) -> dict[str, Any] | None:
     hint = resume_hint(folder.path)
     stopper.check(hint)
-    model.start_hashing(cfg.model.arch, cfg.model.weights)  # while the dataset loads
-    d = cfg.dataset
-    split = group.rank0_first(
-        lambda: splits.load_split(
-            path=d.path,
-            name=d.name,
-            split=d.split,
-            revision=d.revision,
-            data_dir=d.data_dir,
-            data_files=d.data_files,
-            streaming=d.streaming,
-            image_column=d.image_column,
-            label_column=d.label_column,
-            id_column=d.id_column,
-        )
-    )
-    space = resolve_labels(cfg, split)  # before the model: a refusal should not wait for it
-    real = load_real(cfg, split)
-    loaded = model.load_model(**asdict(cfg.model))
+    split, space, real, loaded = load_inputs(cfg, group)
     rows = distributed.plan_rows(split.num_rows, cfg)
     the_plan = plan.build(
         cfg,
@@ -144,6 +126,32 @@ def _run(
     )
     print_summary(result, folder.path)
     return result
+
+
+def load_inputs(
+    cfg: Config, group: distributed.Group
+) -> tuple[splits.Split, labels.LabelSpace, labels.RealLabels | None, model.LoadedModel]:
+    """The split, what its labels mean, the ReaL labels if asked for, and the model: in
+    that order, so that a label refusal never waits for the weights."""
+    model.start_hashing(cfg.model.arch, cfg.model.weights)  # while the dataset loads
+    d = cfg.dataset
+    split = group.rank0_first(
+        lambda: splits.load_split(
+            path=d.path,
+            name=d.name,
+            split=d.split,
+            revision=d.revision,
+            data_dir=d.data_dir,
+            data_files=d.data_files,
+            streaming=d.streaming,
+            image_column=d.image_column,
+            label_column=d.label_column,
+            id_column=d.id_column,
+        )
+    )
+    space = resolve_labels(cfg, split)
+    real = load_real(cfg, split)
+    return split, space, real, model.load_model(**asdict(cfg.model))
 
 
 def resolve_labels(cfg: Config, split: splits.Split) -> labels.LabelSpace:
