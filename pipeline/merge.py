@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import metrics, rundir
@@ -24,12 +25,15 @@ from pipeline.config import UserError
 PER_SHARD = ("shard", "rows")  # the results settings that differ between shards
 
 
-def check_shards(out_dir: Path, shard_dirs: list[Path]) -> tuple[dict[str, Any], list[rundir.Part]]:
-    """(the merged run's plan record, the shards' predictions as parts) or one clear error."""
+def check_shards(
+    out_dir: Path, shard_dirs: list[Path]
+) -> tuple[dict[str, Any], list[rundir.Part], pa.Schema]:
+    """(the merged run's plan record, the shards' predictions as parts, their schema) or one
+    clear error."""
     target = out_dir.resolve()
     if any(d.resolve() == target for d in shard_dirs):
         raise UserError(f"{out_dir} is one of the shards; merge into a new folder")
-    held = [n for n in (rundir.RUN_FILE, rundir.PREDICTIONS, rundir.METRICS, rundir.PARTS)]
+    held = (rundir.RUN_FILE, rundir.PREDICTIONS, rundir.METRICS, rundir.PARTS)
     if any((out_dir / n).exists() for n in held):
         raise UserError(f"{out_dir} already holds a run; merge into a new folder")
     plans = [rundir.read_plan(d) for d in shard_dirs]
@@ -70,13 +74,12 @@ def check_shards(out_dir: Path, shard_dirs: list[Path]) -> tuple[dict[str, Any],
         "results": {**plans[0]["results"], "shard": "0/1", "rows": [0, n]},
         "runtime": plans[0]["runtime"],
     }
-    return record, parts
+    return record, parts, schema
 
 
 def merge_shards(out_dir: Path, shard_dirs: list[Path]) -> dict[str, Any]:
     """Check that the shards tile one run, then write its predictions and metrics to out_dir."""
-    record, parts = check_shards(out_dir, shard_dirs)
-    schema = pq.read_schema(parts[0].path).remove_metadata()
+    record, parts, schema = check_shards(out_dir, shard_dirs)
     shards = pd.concat([pd.read_parquet(d / rundir.METRICS) for d in shard_dirs])
     with rundir.open_folder(out_dir) as folder:
         try:

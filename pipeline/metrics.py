@@ -124,6 +124,15 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     return max(0.0, center - half), min(1.0, center + half)
 
 
+def percent_interval(percent: float, n: int) -> list[float]:
+    """The Wilson interval, in percent, of an accuracy given in percent over n images (the
+    count of successes is recovered from the metrics row; nan, nan when n is 0)."""
+    if n == 0:  # the percent is nan then, and has no count to recover
+        return [math.nan, math.nan]
+    low, high = wilson(round(percent * n / 100), n)
+    return [100 * low, 100 * high]
+
+
 def mcnemar_exact(first_only: int, second_only: int) -> float:
     """McNemar's exact test: two-sided binomial p-value of the discordant counts (b, c)."""
     n, k = first_only + second_only, min(first_only, second_only)

@@ -93,10 +93,6 @@ def load(d: Path) -> Run:
     )
 
 
-def interval(successes: int, n: int) -> list[float]:
-    return [100 * x for x in metrics.wilson(successes, n)]
-
-
 def single(run: Run, names: list[str]) -> dict[str, Any]:
     """One run's numbers: metrics with intervals, calibration, classes, confusions, errors."""
     r, labeled = run.row, run.labeled
@@ -112,9 +108,9 @@ def single(run: Run, names: list[str]) -> dict[str, Any]:
         "restricted": bool(r.get("restricted")),
         **{k: r[k] for k in ("n_images", "n_scored", "n_errors", "n_labeled")},
         "top1": r["top1"],
-        "top1_ci95": interval(round(r["top1"] * n / 100) if n else 0, n),
+        "top1_ci95": metrics.percent_interval(r["top1"], n),
         "top5": r["top5"],
-        "top5_ci95": interval(round(r["top5"] * n / 100) if n else 0, n),
+        "top5_ci95": metrics.percent_interval(r["top5"], n),
         "ece": ece,
         "reliability": bins,
         "published": None,

@@ -80,11 +80,10 @@ def job_row(job_dir: Path, number: int, overrides: list[str]) -> dict[str, Any]:
 
 def intervals(m: pd.Series) -> dict[str, str]:
     """95% Wilson intervals of top-1 and top-5, as '[low, high]' in percent."""
-    n = int(m["n_labeled"])
     out = {}
     for key in ("top1", "top5"):
-        low, high = metrics.wilson(round(m[key] * n / 100), n) if n else (float("nan"),) * 2
-        out[f"{key}_ci95"] = f"[{100 * low:.2f}, {100 * high:.2f}]"
+        low, high = metrics.percent_interval(m[key], int(m["n_labeled"]))
+        out[f"{key}_ci95"] = f"[{low:.2f}, {high:.2f}]"
     return out
 
 
