@@ -38,8 +38,9 @@ def jpeg(image: Image.Image, **kwargs) -> bytes:
 def photo_split(path, n: int, size=(96, 80)):
     """n small photo-like JPEGs as hub-style Parquet, labels i*7 % 1000 (built once)."""
     if not path.exists():
+        encoded = [jpeg(photo(seed, size)) for seed in range(17)]
         rows = {
-            "image": [{"bytes": jpeg(photo(i % 17, size)), "path": f"{i}.jpg"} for i in range(n)],
+            "image": [{"bytes": encoded[i % 17], "path": f"{i}.jpg"} for i in range(n)],
             "label": [i * 7 % 1000 for i in range(n)],
         }
         hub_dataset(rows).to_parquet(path)

@@ -87,15 +87,36 @@ def requeue_watch(proc: subprocess.Popen, deadline: float) -> list[str]:
     return bumped
 
 
+# Slurm's controller checks time limits every 30 s; the warning goes out at the first check
+# with less than signal_delay_s + 30 s left, so 30 s early at most (its manual allows 60).
+# With timeout_min=1 and 30 s that was the first check after the start, which came 2 s
+# after the start in one run of 2 here: before submitit had installed its handler (about
+# 3 s after the start), so SIGUSR2 killed the job. With 2 minutes and 45 s the warning
+# comes 45 to 75 s after the start (15 s at the very earliest, by the manual). Tasks are
+# bound to their CPUs (cluster.sh): on one core a job scored 131-136 images/s here, so
+# one attempt scores at most ~10,000 rows, and 24,000 rows take at least 3 attempts even
+# on a core 20% faster.
+REQUEUE_ROWS = 24_000
+
+
 @pytest.mark.slow
 def test_a_time_limit_requeues_and_the_job_resumes(repo_root, tmp_path_factory, tmp_path):
-    """timeout_min=1, signal_delay_s=30: Slurm warns with SIGUSR2, the job commits what it
+    """timeout_min=2, signal_delay_s=45: Slurm warns with SIGUSR2, the job commits what it
     scored and submitit requeues it, again and again; the finished predictions equal an
     uninterrupted run's, row for row, and no row was scored twice."""
-    n = 7000
+    n = REQUEUE_ROWS
     split = photo_split(tmp_path_factory.getbasetemp() / "slurm.parquet", n)
-    args = [*split_args(split), "batch_size=32", "num_workers=1"]
-    whole = uninterrupted(args, tmp_path_factory.getbasetemp() / "slurm-whole")
+    args = [*split_args(split), "batch_size=32", "num_workers=1", "commit_rows=256"]
+    whole = tmp_path / "whole"
+    # the uninterrupted run, side by side with the job (which has one core of the two)
+    baseline = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args, f"output_dir={whole}"],
+        cwd=repo_root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HOME": str(tmp_path / "hf")},  # two caches: no race on one
+    )
     sweep = tmp_path / "sweep"
     t0 = time.time()
     proc = subprocess.Popen(
@@ -107,21 +128,22 @@ def test_a_time_limit_requeues_and_the_job_resumes(repo_root, tmp_path_factory, 
             *LAUNCHER,
             *args,
             f"hydra.sweep.dir={sweep}",
-            "hydra.launcher.timeout_min=1",
-            "hydra.launcher.signal_delay_s=30",
-            "hydra.launcher.max_num_timeout=6",
+            "hydra.launcher.cpus_per_task=1",
+            "hydra.launcher.timeout_min=2",
+            "hydra.launcher.signal_delay_s=45",
+            "hydra.launcher.max_num_timeout=10",
         ],
         cwd=repo_root,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "HF_DATASETS_OFFLINE": "1"},
     )
     bumped = requeue_watch(proc, time.time() + 900)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr[-3000:]
+    assert baseline.wait(timeout=600) == 0, baseline.stderr.read()[-3000:]
     job = sweep / "0"
-    assert_same_predictions(job / rundir.PREDICTIONS, whole)
+    assert_same_predictions(job / rundir.PREDICTIONS, whole / rundir.PREDICTIONS)
     log = (job / "pipeline.log").read_text()
     resumed = [int(m) for m in re.findall(r"resuming: (\d+) rows already committed", log)]
     attempts = 1 + len(resumed)

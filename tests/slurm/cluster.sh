@@ -7,7 +7,8 @@
 #
 # munge, MariaDB, slurmdbd (accounting: without it submitit cannot see a job that failed
 # and waits for ever), slurmctld and slurmd, all as root. One node with this machine's
-# CPUs and memory, one partition `debug`. Needs root and apt; prints why not and exits 1
+# CPUs and memory, one partition `debug`; tasks are bound to the CPUs they were given
+# (task/affinity), as on real clusters. Needs root and apt; prints why not and exits 1
 # otherwise (the tests then skip, saying so). Everything lives under $SLURM_CI_DIR.
 set -euo pipefail
 DIR="${SLURM_CI_DIR:-/tmp/alexnet-eval-slurm}"
@@ -89,7 +90,7 @@ SlurmctldHost=$HOST
 SlurmUser=root
 AuthType=auth/munge
 ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+TaskPlugin=task/affinity
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 SchedulerType=sched/backfill
