@@ -208,7 +208,7 @@ def pipeline_overrides(run: str, corpus: Path, ckpt: Path, args: argparse.Namesp
 def run_pipeline(run: str, corpus: Path, ckpt: Path, out: Path, args: argparse.Namespace) -> float:
     import datasets  # noqa: F401  (imported before the clock starts, like the baseline's libraries)
 
-    from pipeline.config import compose
+    from pipeline.cli import compose
     from pipeline.run import evaluate
 
     cfg = compose(*pipeline_overrides(run, corpus, ckpt, args))
@@ -382,7 +382,8 @@ def decode_per_worker(corpus: Path, backend: str, count: int = 300) -> float:
     import torch
     from torchvision.models import AlexNet_Weights
 
-    from pipeline.transforms import Preprocess, Roots
+    from pipeline.images import Roots
+    from pipeline.transforms import Preprocess
 
     pre = Preprocess.from_transforms(AlexNet_Weights.IMAGENET1K_V1.transforms(), backend)
     raws = [f.read_bytes() for f in sorted(corpus.glob("*/*.JPEG"))[:count]]

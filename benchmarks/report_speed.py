@@ -1,12 +1,17 @@
-"""How long `python -m pipeline.report` takes for 50,000 rows (two runs, paired), without
-thumbnails: a synthetic finished run folder with ImageNet-1k val's shape.
+"""How long `python -m pipeline.report` takes for 50,000 rows, as a whole process (one run,
+then two paired), without thumbnails: synthetic finished run folders with ImageNet-1k
+val's shape. Side by side, the time a process takes just to import torchvision, which
+the report used to do for its class names.
 
-    python benchmarks/report_speed.py [--rows 50000]
+    python benchmarks/report_speed.py [--rows 50000] [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,8 +24,8 @@ def fake_run(folder: Path, rows: int, seed: int) -> Path:
     """A finished run folder: predictions with plausible top-5s, metrics, run.json."""
     from pipeline import labels, metrics, rundir, write
 
+    label = np.random.default_rng(0).integers(0, 1000, rows)  # the same images: same labels
     rng = np.random.default_rng(seed)
-    label = rng.integers(0, 1000, rows)
     right = rng.random(rows) < 0.565
     topk = rng.integers(0, 1000, (rows, 5))
     topk[right, 0] = label[right]
@@ -48,7 +53,8 @@ def fake_run(folder: Path, rows: int, seed: int) -> Path:
 
     pq.write_table(table, folder / rundir.PREDICTIONS)
     plan = {"dataset_path": "ILSVRC/imagenet-1k", "split": "validation", "rows": [0, rows]}
-    rundir.write_json(folder / rundir.RUN_FILE, {"results": plan, "runtime": {}})
+    record = {"results": plan | {"categories": labels.categories()}, "runtime": {}}
+    rundir.write_json(folder / rundir.RUN_FILE, record)
     row = metrics.accuracy(str(folder / rundir.PREDICTIONS)) | plan | {
         "model": "alexnet", "weights": "none", "label_space": "imagenet-1k", "restricted": False,
     }  # fmt: skip
@@ -56,20 +62,32 @@ def fake_run(folder: Path, rows: int, seed: int) -> Path:
     return folder
 
 
-def main() -> None:
-    from pipeline import report
+def seconds(command: list[str], repeat: int) -> float:
+    """Median wall time of a whole process."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
+
+def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=50_000)
+    p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         a = fake_run(Path(tmp) / "a", args.rows, 0)
         b = fake_run(Path(tmp) / "b", args.rows, 1)
+        report = [sys.executable, "-m", "pipeline.report", "--thumbnails", "0"]
+        torchvision = seconds([sys.executable, "-c", "import torchvision"], args.repeat)
+        print(f"import torchvision alone (whole process): {torchvision:.2f} s")
         for runs in ([a], [a, b]):
-            t0 = time.perf_counter()
-            report.write(runs, n_thumbnails=0)
+            took = seconds([*report, *map(str, runs)], args.repeat)
             print(
-                f"report of {len(runs)} run(s) x {args.rows} rows: {time.perf_counter() - t0:.2f} s"
+                f"report of {len(runs)} run(s) x {args.rows} rows (whole process): {took:.2f} s, "
+                f"{took / torchvision:.2f}x the torchvision import"
             )
 
 

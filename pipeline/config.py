@@ -8,7 +8,6 @@ turns them into keyword arguments.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from importlib.resources import files
@@ -18,13 +17,12 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # Hydra's config folder
+from pipeline.errors import UserError
 
-
-class UserError(Exception):
-    """A mistake the user can fix; the CLI prints it as one line and exits non-zero."""
-
-    exit_code = 2
+# Hydra's config folder: the top-level conf/ of a source checkout (the one source of truth),
+# which the wheel ships inside the package (pyproject.toml's package-dir)
+_HERE = Path(__file__).resolve().parent
+CONF_DIR = _HERE / "conf" if (_HERE / "conf").is_dir() else _HERE.parent / "conf"
 
 
 class Amp(str, Enum):
@@ -59,6 +57,7 @@ class DatasetConfig:
     streaming: bool = False
     classes: Any = None  # what labels mean: imagenet-1k, a list, a file (labels.py)
     restrict: str = "auto"  # auto: a strict subset of classes restricts outputs | false
+    image_roots: list[str] = field(default_factory=list)  # more folders image paths may reach
 
 
 @dataclass
@@ -120,18 +119,7 @@ def register() -> None:
             OmegaConf.register_new_resolver(name, resolver)
 
 
-def compose(*overrides: str) -> Config:
-    """The Config that `python -m pipeline OVERRIDES` would run, without Hydra's entry point
-    (for notebooks, the benchmark and the tests)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    register()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=list(overrides))
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
-
-
+GROUPS = ("dataset", "model")  # config groups: conf/dataset/*.yaml, conf/model/*.yaml
 NESTED = {
     "dataset": DatasetConfig,
     "model": ModelConfig,
@@ -149,34 +137,6 @@ def schema_keys() -> list[str]:
     return keys
 
 
-def check_override_keys(argv: list[str]) -> None:
-    """Fail on a command-line key the schema lacks, naming the valid keys.
-
-    Hydra's own message for this ("Key 'x' is not in struct") names none.
-    Hydra's flags (`-m`, `--config-dir X`, `-cn y`, ...) are separated out by
-    Hydra's own argument parser; group choices (`dataset=imagenet-val`),
-    Hydra's keys and `+`/`~` forms are left to Hydra.
-    """
-    from hydra._internal.utils import get_args_parser
-
-    valid = schema_keys()
-    args, _ = get_args_parser().parse_known_args(argv)
-    if args.multirun and any(o.startswith("output_dir=") for o in args.overrides):
-        raise UserError(
-            "output_dir names one folder, but a sweep writes one per job: "
-            "set hydra.sweep.dir=DIR instead (jobs go to DIR/0, DIR/1, ...)"
-        )
-    for override in args.overrides:
-        if "=" not in override or override[0] in "+~" or override.startswith("hydra"):
-            continue
-        key = override.split("=", 1)[0].split("@", 1)[0]
-        if key in valid or key in ("dataset", "model") or key.startswith("hydra/"):
-            continue
-        close = difflib.get_close_matches(key, valid, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise UserError(f"Unknown config key '{key}'.{hint} Valid keys: {', '.join(valid)}")
-
-
 def plain(value: Any) -> Any:
     """OmegaConf containers -> plain lists/dicts, as `datasets` and JSON expect."""
     return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
@@ -191,7 +151,11 @@ def check_values(cfg: Config) -> None:
     ):
         if value < 1:
             raise UserError(f"{key}={value}; it must be 1 or more")
-    if cfg.limit is not None and cfg.limit < 0:
-        raise UserError(f"limit={cfg.limit}; use a count of images, or null for all")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise UserError(
+            f"limit={cfg.limit} scores nothing; use a count of 1 or more, or null for all"
+        )
+    if cfg.output_dir == "":
+        raise UserError("output_dir= is empty: name the run folder, or leave it unset")
     if str(cfg.dataset.restrict).lower() not in ("auto", "false"):
         raise UserError(f"dataset.restrict={cfg.dataset.restrict}; valid: auto or false")

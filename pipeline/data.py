@@ -17,9 +17,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline import stop
+from pipeline.images import Roots, error_reason
 from pipeline.labels import LabelSpace
 from pipeline.splits import Split
-from pipeline.transforms import Encoded, Preprocess, Roots, error_reason
+from pipeline.transforms import Encoded, Preprocess
 
 Todo = list[tuple[int, int | None]]  # row ranges [start, stop) to score; None: to the end
 
@@ -32,6 +33,17 @@ def _check_labels(
         return
     values = table.with_format("arrow")[column].take(np.asarray(positions)).to_pylist()
     labels.check(values, [offset + int(p) for p in positions])
+
+
+def imagenet_labels(
+    split: Split, labels: LabelSpace, column: str | None, positions: np.ndarray
+) -> list[int | None]:
+    """The ImageNet ids that rows of a loaded split are compared with (checked first)."""
+    if column is None:
+        return [None] * len(positions)
+    _check_labels(split.table, labels, column, positions.tolist(), 0)
+    values = split.table.with_format("arrow")[column].take(positions).to_pylist()
+    return [labels.to_imagenet(v) for v in values]
 
 
 # -------------------------------------------------------------- the dataset
@@ -171,7 +183,7 @@ def iter_batches(
             [(0, split.table, positions_of(todo, split.num_rows))]
         )
     else:
-        chunks = _stream_chunks(split.table, todo=todo, chunk_rows=chunk_rows)
+        chunks = _stream_chunks(split, todo=todo, chunk_rows=chunk_rows)
     for offset, table, positions in chunks:
         _check_labels(table, labels, item_args["label_column"], positions, offset)
         dataset = EvalDataset(
@@ -194,27 +206,59 @@ def iter_batches(
             del loader  # stops its workers now, not at interpreter exit
 
 
-def _stream_chunks(table: Any, *, todo: Todo, chunk_rows: int) -> Iterator[tuple[int, Any, Any]]:
+def _stream_chunks(split: Split, *, todo: Todo, chunk_rows: int) -> Iterator[tuple[int, Any, Any]]:
     """(first index, in-memory Dataset, positions in it to score) for consecutive chunks of
     a streamed split, from the first row to score to the last."""
     import datasets
+    import pyarrow as pa
 
     if not todo:
         return
-    start, stop_row = todo[0][0], todo[-1][1]
-    stream = table.skip(start) if start else table
-    if stop_row is not None:
-        stream = stream.take(stop_row - start)
-    info = datasets.DatasetInfo(features=table.features)
-    first = start
-    for raw in stream.with_format("arrow").iter(batch_size=chunk_rows):
-        # from the Arrow table as it is: rows are not re-encoded, so a row with neither
-        # image bytes nor path reaches the decoder and gets its error row
-        chunk = datasets.Dataset(datasets.table.InMemoryTable(raw), info=info)
-        wanted = [
-            p
-            for p in range(len(chunk))
-            if any(a <= first + p and (b is None or first + p < b) for a, b in todo)
-        ]
-        yield first, chunk, wanted
-        first += len(chunk)
+    info = datasets.DatasetInfo(features=split.table.features)
+    buffer: list[pa.Table] = []
+    first = todo[0][0]
+    for table in _stream_tables(split.table, first, todo[-1][1]):
+        buffer.append(table)
+        if sum(t.num_rows for t in buffer) < chunk_rows:
+            continue
+        chunk = datasets.Dataset(datasets.table.InMemoryTable(pa.concat_tables(buffer)), info=info)
+        yield first, chunk, _wanted(first, len(chunk), todo)
+        first, buffer = first + len(chunk), []
+    if buffer:
+        chunk = datasets.Dataset(datasets.table.InMemoryTable(pa.concat_tables(buffer)), info=info)
+        yield first, chunk, _wanted(first, len(chunk), todo)
+
+
+def _wanted(first: int, size: int, todo: Todo) -> list[int]:
+    """The positions in a chunk of rows first..first+size that are to be scored."""
+    return [
+        p
+        for p in range(size)
+        if any(a <= first + p and (b is None or first + p < b) for a, b in todo)
+    ]
+
+
+def _stream_tables(stream: Any, start: int, stop: int | None) -> Iterator[Any]:
+    """Rows start..stop of a streamed split as Arrow tables in its features' schema, read
+    shard by shard, as stored: a row with neither image bytes nor path reaches the decoder
+    (its error row), where Python rows would fail the Image feature.
+
+    `datasets` hands over a shard's tables with their columns (and the image struct's
+    fields) in varying order, and a shard without the image key (webp where the others
+    have jpg) with a null column: concatenating those across or within shards fails
+    (ArrowInvalid: Schema at index N was different). Selected and cast per shard, they
+    agree, and a row without the image gets its error row, as when the split is loaded.
+    """
+    schema = stream.features.arrow_schema
+    position = 0
+    for index in range(stream.n_shards):
+        shard = stream.shard(num_shards=stream.n_shards, index=index, contiguous=True)
+        for table in shard.select_columns(schema.names).with_format("arrow").iter(batch_size=1024):
+            lo, hi = position, position + table.num_rows
+            position = hi
+            if hi <= start:
+                continue
+            end = table.num_rows if stop is None else min(table.num_rows, stop - lo)
+            yield table.slice(max(0, start - lo), end - max(0, start - lo)).cast(schema)
+            if stop is not None and position >= stop:
+                return

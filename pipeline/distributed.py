@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from pipeline.config import Config, UserError
+from pipeline.config import Config
+from pipeline.errors import UserError
 from pipeline.model import resolve_device
 
 T = TypeVar("T")

@@ -10,6 +10,7 @@ them. The main thread lands batches strictly in order.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -21,11 +22,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline import metrics, write
-from pipeline.config import UserError
+from pipeline import write
+from pipeline.errors import UserError
 from pipeline.transforms import Preprocess
 
 _thread = threading.local()
+TOPK = 5
 
 
 def score(
@@ -116,7 +118,7 @@ def _land_oldest(
     ok = batch["ok"].numpy().copy()
     scored = [x for x, good in zip(batch["label"], ok, strict=True) if good]
     labels = torch.tensor([-1 if x is None else x for x in scored], dtype=torch.int64)
-    top1, top5 = (t.numpy() for t in metrics.hits(torch.from_numpy(ids), labels))
+    top1, top5 = (t.numpy() for t in hits(torch.from_numpy(ids), labels))
     writer.add(
         write.Scored(
             index=batch["index"].numpy().copy(),
@@ -151,10 +153,10 @@ def launch(
     if batch["encoded"]:
         images = with_decoded(batch, images, preprocess, device)
     if not batch["ok"].any():
-        k = metrics.TOPK
+        k = TOPK
         return (torch.zeros(0, k, dtype=torch.int64), torch.zeros(0, k)), buffer
     x = preprocess.normalize(images, dtype, memory_format, out=buffer)
-    return metrics.topk(net(x), mask), x
+    return topk(net(x), mask), x
 
 
 def with_decoded(
@@ -232,3 +234,23 @@ def threads_per_stream(streams: int, device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(total)
+
+
+def topk(
+    logits: torch.Tensor, mask: torch.Tensor | None = None, k: int = TOPK
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C) logits -> (ids, softmax probs) of the k best classes, best first; fp32 softmax.
+    `mask` (C,) bool restricts the outputs to a class subset: the others get no probability,
+    and k shrinks to the subset's size (Hendrycks et al.'s protocol for ImageNet-R/-A)."""
+    logits = logits.float()
+    if mask is not None:
+        logits = logits.masked_fill(~mask, -math.inf)
+        k = min(k, int(mask.sum()))
+    probs, ids = logits.softmax(dim=-1).topk(min(k, logits.shape[-1]), dim=-1)
+    return ids, probs
+
+
+def hits(ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top-1 correct, top-5 correct) per row, from (N, k) ids and (N,) labels."""
+    match = ids == labels[:, None]
+    return match[:, :1].any(dim=1), match[:, :TOPK].any(dim=1)

@@ -29,9 +29,10 @@ from functools import cache, cached_property
 from importlib.resources import files
 from typing import Any
 
-from pipeline.config import UserError
+from pipeline.errors import UserError
 
 N_CLASSES = 1000
+UNMAPPED = -1  # in a label table: a label the dataset.classes map does not name
 FIX = (
     "say what they mean with dataset.classes=..., "
     "or set dataset.label_column=null for predictions only"
@@ -87,6 +88,8 @@ class LabelSpace:
                     f"Label {v} at row {row} is outside 0..{size - 1} "
                     f"({self.source}; -1 or null mean unknown); check dataset.label_column"
                 )
+            if known is None and self.table is not None and self.table[v] == UNMAPPED:
+                raise UserError(f"Label {v} at row {row} is not in the map ({self.source})")
 
 
 UNLABELED = LabelSpace("unlabeled", "no label column", "int64")
@@ -293,22 +296,35 @@ def _from_classes(
         ids = map_names(list(classes.values()), f"{where} names")
         if kind == "string":
             return None, tuple(zip(keys, ids, strict=True)), f"labels mapped by {where}"
-        if not all(k.lstrip("-").isdigit() for k in keys):
+        if not all(k.isdigit() for k in keys):
             raise UserError(f"{where} maps names, but the labels are integers; give a list")
-        table = [-1] * (max(int(k) for k in keys) + 1)
+        # only the labels it names: one the data holds but the map lacks is refused, by row,
+        # when the labels are checked (LabelSpace.check)
+        table = [UNMAPPED] * (max(int(k) for k in keys) + 1)
         for k, i in zip(keys, ids, strict=True):
             table[int(k)] = i
-        if -1 in table:
-            raise UserError(f"{where} leaves label {table.index(-1)} without a class")
         return tuple(table), None, f"labels mapped by {where}"
     if kind == "string":
         raise UserError(f"{where} is a list, but the labels are strings; give a JSON object")
     entries = list(classes)
-    return (
-        map_names(entries, f"{where} entries"),
-        None,
-        f"labels mapped by {where} ({len(entries)})",
-    )
+    ids = map_names(entries, f"{where} entries")
+    _refuse_repeats(entries, ids, where)
+    return ids, None, f"labels mapped by {where} ({len(entries)})"
+
+
+def _refuse_repeats(entries: Sequence[Any], ids: Sequence[int], where: str) -> None:
+    """A class list gives one class per label, in label order: a class named twice (a line
+    repeated, two names of one class) shifts or merges every label after it."""
+    first: dict[int, int] = {}
+    for position, class_index in enumerate(ids):
+        if class_index in first:
+            k = first[class_index]
+            raise UserError(
+                f"{where}: entry {position} ({entries[position]!r}) is the class of entry {k} "
+                f"({entries[k]!r}), ImageNet class {class_index}; a class list names each "
+                f"class once, in label order"
+            )
+        first[class_index] = position
 
 
 def _read_classes(path: str) -> Any:
@@ -334,7 +350,7 @@ def _classes_present(
     folder's empty class folders count: a partial copy of ImageNet's 1000 folders is still
     ImageNet-1k, as torchvision's ImageFolder sees it."""
     if table is not None:
-        present = set(table)
+        present = set(table) - {UNMAPPED}
         with_empty = [_try_id(n) for n in folder_names or []]
         if with_empty and None not in with_empty:
             present |= {i for i in with_empty if i is not None}
@@ -346,14 +362,18 @@ def _classes_present(
 
 # ------------------------------------------------------------ ImageNet-ReaL
 
-VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})\.JPEG", re.IGNORECASE)
+REAL_ENTRIES = 50_000  # one per ImageNet-1k val image, in val-number order
+# ILSVRC2012_val_00000001.JPEG, the hub's ILSVRC2012_val_00000001_n01751748.JPEG (the
+# loading script of ILSVRC/imagenet-1k appends the wnid) and webdataset keys without an
+# extension (timm/imagenet-1k-wds: ILSVRC2012_val_00000001)
+VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})(?:_(n\d{8}))?(?:\.\w+)?", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
 class RealLabels:
     """ImageNet-ReaL (Beyer et al. 2020): for each val image, the set of labels reassessed as
     correct; a top-1 counts when it is in the set, and images with an empty set are left out.
-    Entry k of real.json is ILSVRC2012_val_<k+1>.JPEG."""
+    Entry k of real.json is the val image numbered k+1 (ILSVRC2012_val_<k+1>)."""
 
     path: str
     sha256: str
@@ -361,6 +381,8 @@ class RealLabels:
 
     @classmethod
     def load(cls, path: str) -> RealLabels:
+        """real.json: exactly 50,000 lists of class ids 0..999, or one line saying what is off
+        (a list one entry short shifts every image after it onto another's labels)."""
         try:
             with open(path, "rb") as f:
                 raw = f.read()
@@ -371,39 +393,62 @@ class RealLabels:
             ) from None
         except ValueError as e:
             raise UserError(f"metrics.real_labels={path} is not valid JSON: {e}") from None
-        if not isinstance(entries, list) or not all(
-            isinstance(s, list) and all(isinstance(i, int) and 0 <= i < N_CLASSES for i in s)
-            for s in entries
-        ):
-            raise UserError(
-                f"metrics.real_labels={path} is not a ReaL file: a JSON list with, per val "
-                f"image, a list of class ids 0..999 (google-research/reassessed-imagenet real.json)"
-            )
+        what = (
+            f"metrics.real_labels={path} is not a ReaL file (google-research/reassessed-imagenet "
+            f"real.json: per val image, a list of class ids 0..999)"
+        )
+        if not isinstance(entries, list):
+            raise UserError(f"{what}: it holds a JSON {type(entries).__name__}")
+        if len(entries) != REAL_ENTRIES:
+            raise UserError(f"{what}: it has {len(entries)} entries, not {REAL_ENTRIES:,}")
+        for k, labels in enumerate(entries):
+            if not isinstance(labels, list) or not all(_class_index(i) for i in labels):
+                raise UserError(f"{what}: entry {k} is {json.dumps(labels)[:60]}")
         digest = hashlib.sha256(raw).hexdigest()
         return cls(path, digest, tuple(frozenset(s) for s in entries))
 
-    def entry(self, image_id: str | None) -> int | None:
-        """The real.json entry of an image, from its val file name (None if it has none)."""
-        match = VAL_NAME.search(os.path.basename(image_id or ""))
-        if not match or not 1 <= int(match[1]) <= len(self.sets):
+    @staticmethod
+    def entry(image_id: str | None) -> tuple[int, str | None] | None:
+        """(real.json entry, the wnid the name carries if any) of a val image, from its file
+        name or key; None when the name is not a val image's."""
+        match = VAL_NAME.fullmatch(os.path.basename(image_id or ""))
+        if not match or not 1 <= int(match[1]) <= REAL_ENTRIES:
             return None
-        return int(match[1]) - 1
+        return int(match[1]) - 1, match[2]
 
-    def check(self, ids: Sequence[str | None], rows: Sequence[int]) -> None:
-        """Every row must name its val image, before any is scored."""
-        for row, image_id in zip(rows, ids, strict=True):
-            if self.entry(image_id) is None:
+    def check(
+        self, ids: Sequence[str | None], rows: Sequence[int], labels: Sequence[int | None]
+    ) -> None:
+        """Before any row is scored: every row must name its val image, and a name that
+        carries a wnid must agree with the row's label."""
+        wnids = imagenet_classes()[0]
+        for row, image_id, label in zip(rows, ids, labels, strict=True):
+            found = self.entry(image_id)
+            if found is None:
                 raise UserError(
-                    f"metrics.real_labels: row {row} is {image_id!r}, not an "
-                    f"ImageNet val file name (ILSVRC2012_val_00000001.JPEG .. "
-                    f"{len(self.sets):08d}); ReaL labels fit only ImageNet-1k val"
+                    f"metrics.real_labels: row {row} is {image_id!r}, not an ImageNet val file "
+                    f"name (ILSVRC2012_val_00000001.JPEG .. {REAL_ENTRIES:08d}, or with its "
+                    f"wnid: ILSVRC2012_val_00000001_n01751748.JPEG); ReaL labels fit only "
+                    f"ImageNet-1k val"
+                )
+            wnid = found[1]
+            if wnid and label is not None and wnids[label].lower() != wnid.lower():
+                raise UserError(
+                    f"metrics.real_labels: row {row} is {image_id!r}, named for class {wnid}, "
+                    f"but its label is {label} ({wnids[label]}): the rows and their names "
+                    f"disagree, so ReaL's entries cannot be trusted to match them"
                 )
 
     def correct(self, ids: Sequence[str | None], preds: Sequence[int | None]) -> list[bool | None]:
         """Per row: top-1 in the ReaL set; None for unscored rows and empty sets."""
         out: list[bool | None] = []
         for image_id, pred in zip(ids, preds, strict=True):
-            k = self.entry(image_id)
-            labels = self.sets[k] if k is not None else frozenset()
+            found = self.entry(image_id)
+            labels = self.sets[found[0]] if found is not None else frozenset()
             out.append(None if pred is None or not labels else pred in labels)
         return out
+
+
+def _class_index(value: Any) -> bool:
+    """A class id 0..999 as JSON has it (true and false are not ids)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < N_CLASSES

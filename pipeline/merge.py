@@ -4,14 +4,15 @@
 
 Everything is checked before anything is written: the shards must be finished,
 come from one run (same plan but for the shard), tile its rows exactly (no
-overlap, no gap) and hold valid predictions; the target must be a new folder,
-not one of the shards. The target is then written whole or not at all.
+overlap, no gap) and hold valid predictions; the target must not be one of the
+shards. The target is a run folder like any other (rundir.py): claimed by its
+run.json, locked while written, every file durable; a merge killed at any moment
+is finished by running it again.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import metrics, rundir
-from pipeline.config import UserError
+from pipeline.errors import UserError, one_line
 
 PER_SHARD = ("shard", "rows")  # the results settings that differ between shards
 
@@ -33,13 +34,8 @@ def check_shards(
     target = out_dir.resolve()
     if any(d.resolve() == target for d in shard_dirs):
         raise UserError(f"{out_dir} is one of the shards; merge into a new folder")
-    held = (rundir.RUN_FILE, rundir.PREDICTIONS, rundir.METRICS, rundir.PARTS)
-    if any((out_dir / n).exists() for n in held):
-        raise UserError(f"{out_dir} already holds a run; merge into a new folder")
     plans = [rundir.read_plan(d) for d in shard_dirs]
-    for d, p in zip(shard_dirs, plans, strict=True):
-        if "results" not in p:
-            raise UserError(f"{d} was made by an older version of this pipeline")
+    for d in shard_dirs:
         if not (d / rundir.METRICS).exists():
             raise UserError(f"{d} is not finished (no {rundir.METRICS}); resume it first")
     common = {k: v for k, v in plans[0]["results"].items() if k not in PER_SHARD}
@@ -74,31 +70,33 @@ def check_shards(
         "results": {**plans[0]["results"], "shard": "0/1", "rows": [0, n]},
         "runtime": plans[0]["runtime"],
     }
+    rundir.check_claim(out_dir)  # before anything is written: the target must be ours
+    rundir.refuse_other_plan(out_dir, record)
     return record, parts, schema
 
 
 def merge_shards(out_dir: Path, shard_dirs: list[Path]) -> dict[str, Any]:
-    """Check that the shards tile one run, then write its predictions and metrics to out_dir."""
+    """Check that the shards tile one run, then write its predictions and metrics to out_dir
+    (or find them written by the same merge before)."""
     record, parts, schema = check_shards(out_dir, shard_dirs)
-    shards = pd.concat([pd.read_parquet(d / rundir.METRICS) for d in shard_dirs])
     with rundir.open_folder(out_dir) as folder:
-        try:
-            rundir.write_segments(
-                [(p, p.first, p.stop) for p in parts], out_dir / rundir.PREDICTIONS, schema
-            )
-            folder.check_plan(record)
-            result = shards.iloc[0].to_dict() | metrics.accuracy(str(out_dir / rundir.PREDICTIONS))
-            result |= {
-                "shard": f"merged from {len(shard_dirs)}",
-                "rows": str(record["results"]["rows"]),
-                "wall_seconds": float(shards["wall_seconds"].max()),  # shards run side by side
-                "images_per_sec": float(shards["images_per_sec"].sum()),
-            }
-            rundir.write_metrics(out_dir / rundir.METRICS, result)
-        except BaseException:  # the target is whole or empty, never half-written
-            for name in (rundir.PREDICTIONS, rundir.RUN_FILE, rundir.METRICS):
-                (out_dir / name).unlink(missing_ok=True)
-            raise
+        folder.check_plan(record)  # claims the folder; another plan there is refused
+        if folder.finished:
+            print(f"{out_dir} already holds this merge; nothing to do")
+            return pd.read_parquet(out_dir / rundir.METRICS).iloc[0].to_dict()
+        predictions = out_dir / rundir.PREDICTIONS
+        rundir.write_segments([(p, p.first, p.stop) for p in parts], predictions, schema)
+        shards = pd.concat([pd.read_parquet(d / rundir.METRICS) for d in shard_dirs])
+        result = shards.iloc[0].to_dict() | metrics.accuracy(str(predictions))
+        result |= {
+            "shard": f"merged from {len(shard_dirs)}",
+            "rows": str(record["results"]["rows"]),
+            "wall_seconds": float(shards["wall_seconds"].max()),  # shards run side by side
+            "images_per_sec": float(shards["images_per_sec"].sum()),
+        }
+        result |= metrics.published(result)
+        rundir.write_metrics(out_dir / rundir.METRICS, result)  # last: marks it finished
+        (out_dir / rundir.ERROR_FILE).unlink(missing_ok=True)
     return result
 
 
@@ -111,11 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("shard_dirs", type=Path, nargs="+", help="run folders of the shards")
     args = parser.parse_args(argv)
-    try:
+    with one_line():
         r = merge_shards(args.out_dir, args.shard_dirs)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
     print(
         f"merged {len(args.shard_dirs)} shards: top-1 {r['top1']:.3f}  top-5 {r['top5']:.3f}  "
         f"images {r['n_images']}  errors {r['n_errors']}  -> {args.out_dir}"

@@ -25,7 +25,7 @@ import torch
 import torchvision
 from torch import nn
 
-from pipeline.config import UserError
+from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,10 @@ class LoadedModel:
     transforms: Any  # the eval transform of `preprocess`
     preprocess: str  # the torchvision weights whose transforms and categories apply
     expected_prefix: str | None = None  # the hash prefix torchvision puts in a file's name
-    file: str | None = None
+    file: str | None = None  # the weights file read: torchvision's cached one, or a checkpoint
+    # what the predictions depend on, not where the file lay: a torchvision weights name,
+    # "checkpoint" (its sha256 says which one) or "none"
+    source: str = "none"
 
     @property
     def sha256(self) -> str | None:
@@ -131,6 +134,7 @@ def load_model(
             prefix = None if sha256 else _name_prefix(file)
         else:
             state_dict, file_sha = _from_file(weights, sha256, valid=list(enum.__members__))
+            file = weights
         with torch.device("meta"):  # no random init of tensors about to be replaced
             model = torchvision.models.get_model(arch, weights=None)
         _load_state(model, state_dict, weights)
@@ -147,6 +151,7 @@ def load_model(
         preprocess=f"{type(entry).__name__}.{entry.name}",
         expected_prefix=prefix,
         file=file,
+        source="checkpoint" if file == weights else weights,
     )
 
 

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from pipeline.config import Config, UserError, plain
+from pipeline.config import Config, plain
+from pipeline.errors import UserError
 from pipeline.labels import LabelSpace, RealLabels
 
 
@@ -106,11 +107,13 @@ class RunPlan:
         return {"results": self.results, "runtime": self.runtime}
 
     def columns(self) -> dict[str, Any]:
-        """The plan as flat columns of the metrics row (lists and dicts as text)."""
+        """The plan as flat columns of the metrics row (lists and dicts as text; the class
+        names stay in run.json)."""
         flat = {**self.results, **self.runtime}
         return {
             k: v if isinstance(v, str | int | float | bool | None) else str(v)
             for k, v in flat.items()
+            if k != "categories"
         }
 
 
@@ -150,8 +153,9 @@ def build(
         "shard": f"{cfg.shard.index}/{cfg.shard.count}",
         "rows": list(rows),
         "model": loaded.arch,
-        "weights": loaded.weights,
+        "weights": loaded.source,  # a checkpoint is its sha256, wherever the file lies
         "weights_sha256": loaded.sha256,
+        "categories": loaded.categories,  # what pred_name says, for the commands over runs
         "preprocess": (
             f"{loaded.preprocess}: resize {list(pre.resize_size)} {pre.interpolation.value}, "
             f"crop {list(pre.crop_size)}, mean {list(pre.mean)}, std {list(pre.std)}"
@@ -160,15 +164,17 @@ def build(
         "amp": settings.amp_name,
         "backend": cfg.backend.value,
         "label_space": labels.kind,
-        "label_source": labels.source,
         "restricted": labels.restricted,
-        "label_map": labels.digest(),
+        "label_map": labels.digest(),  # the resolved mapping, however it was given
+        "image_roots": list(d.image_roots),
         "real_labels_sha256": real.sha256 if real else None,
         "torch_version": torch.__version__,
         "torchvision_version": torchvision.__version__,
         "pillow_version": PIL.__version__,
     }
     runtime = {
+        "weights_path": loaded.file,
+        "label_source": labels.source,
         "device": str(settings.device),
         "batch_size": cfg.batch_size,
         "num_workers": settings.workers,

@@ -16,17 +16,17 @@ import base64
 import datetime as dt
 import io
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import labels, metrics, rundir
-from pipeline.config import UserError
+from pipeline import metrics, rundir, stats
+from pipeline.errors import UserError, one_line
 
 INTERVAL = "Wilson score interval, 95%"
 DIFF_INTERVAL = "Newcombe's hybrid score interval for paired proportions (method 10), 95%"
@@ -53,6 +53,7 @@ class Run:
     dir: Path
     plan: dict[str, Any]
     row: dict[str, Any]
+    names: list[str]  # the model's class names, as the run recorded them
     index: np.ndarray
     ids: list[str | None]
     label: np.ndarray  # -1: unknown
@@ -72,17 +73,23 @@ class Run:
 
 def load(d: Path) -> Run:
     """A finished run folder, or one line saying why it is not."""
-    plan = rundir.read_plan(d)
+    plan = rundir.read_plan(d)["results"]
     if not (d / rundir.METRICS).exists():
         raise UserError(f"{d} is not finished (no {rundir.METRICS}); resume it first")
+    if not plan.get("categories"):
+        raise UserError(f"{d} was made by an older version of this pipeline; run it again")
     cols = ["index", "id", "label", "pred", "topk_prob", "correct_top1", "error"]
-    table = pq.read_table(d / rundir.PREDICTIONS, columns=cols)
-    row = pq.read_table(d / rundir.METRICS).to_pylist()[0]
+    try:
+        table = pq.read_table(d / rundir.PREDICTIONS, columns=cols)
+        row = pq.read_table(d / rundir.METRICS).to_pylist()[0]
+    except (OSError, pa.ArrowException, IndexError) as e:
+        raise UserError(f"{d} holds damaged results ({str(e).splitlines()[0]})") from None
     error = table["error"].to_pylist()
     return Run(
         dir=d,
-        plan=plan.get("results", plan),
+        plan=plan,
         row=row,
+        names=list(plan["categories"]),
         index=table["index"].to_numpy(),
         ids=table["id"].to_pylist(),
         label=pc.fill_null(table["label"], -1).to_numpy(),
@@ -93,11 +100,12 @@ def load(d: Path) -> Run:
     )
 
 
-def single(run: Run, names: list[str]) -> dict[str, Any]:
-    """One run's numbers: metrics with intervals, calibration, classes, confusions, errors."""
-    r, labeled = run.row, run.labeled
+def single(run: Run) -> dict[str, Any]:
+    """One run's numbers: metrics with intervals, calibration, classes, confusions, errors;
+    None (null in report.json, n/a on the page) for what needs labels it does not have."""
+    r, labeled, names = run.row, run.labeled, run.names
     n = int(labeled.sum())
-    ece, bins = metrics.calibration(run.confidence[labeled], run.top1[labeled])
+    ece, bins = stats.calibration(run.confidence[labeled], run.top1[labeled])
     out = {
         "dir": str(run.dir),
         "dataset": r.get("dataset_path"),
@@ -108,9 +116,9 @@ def single(run: Run, names: list[str]) -> dict[str, Any]:
         "restricted": bool(r.get("restricted")),
         **{k: r[k] for k in ("n_images", "n_scored", "n_errors", "n_labeled")},
         "top1": r["top1"],
-        "top1_ci95": metrics.percent_interval(r["top1"], n),
+        "top1_ci95": stats.percent_interval(r["top1"], n),
         "top5": r["top5"],
-        "top5_ci95": metrics.percent_interval(r["top5"], n),
+        "top5_ci95": stats.percent_interval(r["top5"], n),
         "ece": ece,
         "reliability": bins,
         "published": None,
@@ -118,13 +126,15 @@ def single(run: Run, names: list[str]) -> dict[str, Any]:
         "confusions": confusions(run, names),
         "errors": [{"index": i, "id": name, "error": e} for i, name, e in run.errors[:MAX_ERRORS]],
     }
-    ref = metrics.published(r)
-    if ref:
+    ref1, ref5 = r.get("published_top1"), r.get("published_top5")
+    if ref1 is not None and ref5 is not None:
         out["published"] = {
-            "top1": ref["acc@1"],
-            "top5": ref["acc@5"],
-            "top1_diff": r["top1"] - ref["acc@1"],
-            "top5_diff": r["top5"] - ref["acc@5"],
+            "top1": ref1,
+            "top5": ref5,
+            "top1_diff": r["top1"] - ref1,
+            "top5_diff": r["top5"] - ref5,
+            "tolerance": metrics.PUBLISHED_TOLERANCE,
+            "off": metrics.off_published(r["top1"] - ref1, r["top5"] - ref5),
         }
     return out
 
@@ -174,14 +184,43 @@ def same_rows(a: Run, b: Run) -> bool:
     )
 
 
-def paired(first: Run, other: Run, names: list[str]) -> dict[str, Any]:
+def check_pairable(first: Run, other: Run) -> None:
+    """Two runs over the same rows are compared image by image only when they were scored
+    against the same labels, row for row, under the same restriction of the outputs;
+    otherwise their difference would be one of protocols, not of models."""
+    where = f"{other.dir} and {first.dir} score the same rows"
+    space = [(r.plan.get("restricted"), r.plan.get("label_space")) for r in (first, other)]
+    if space[0] != space[1]:
+        said = [
+            f"{k} ({'restricted' if restricted else 'not restricted'})" for restricted, k in space
+        ]
+        raise UserError(
+            f"{where} in other label spaces ({said[0]} vs {said[1]}): a paired comparison "
+            f"would compare protocols; score both the same way, or report them one by one"
+        )
+    differ = np.flatnonzero(first.label != other.label)
+    if differ.size:
+        k = int(differ[0])
+        raise UserError(
+            f"{where} against other labels ({differ.size} rows differ; row "
+            f"{int(first.index[k])}: {_label(first.label[k])} vs {_label(other.label[k])}): "
+            f"their labels were read differently (dataset.classes?); report them one by one"
+        )
+
+
+def _label(value: int) -> str:
+    return "unknown" if value < 0 else f"class {value}"
+
+
+def paired(first: Run, other: Run) -> dict[str, Any]:
     """The second run against the first, image by image: top-1 agreement, McNemar's exact
     test on top-1 correctness, the top-1 difference with its interval, per-class changes."""
+    names = first.names
     both_scored = first.scored & other.scored
     lab = first.labeled & other.labeled
     a, b = first.top1[lab], other.top1[lab]
     cells = [int((a & b).sum()), int((a & ~b).sum()), int((~a & b).sum()), int((~a & ~b).sum())]
-    diff, lo, hi = metrics.paired_difference(*cells)
+    diff, lo, hi = stats.paired_difference(*cells)
     counts = np.bincount(first.label[lab], minlength=len(names))
     change = np.bincount(first.label[lab], weights=b.astype(float) - a, minlength=len(names))
     present = np.flatnonzero(counts)
@@ -193,12 +232,12 @@ def paired(first: Run, other: Run, names: list[str]) -> dict[str, Any]:
         "n": int(lab.sum()),
         "agreement": float((first.pred[both_scored] == other.pred[both_scored]).mean())
         if both_scored.any()
-        else math.nan,
+        else None,
         "first_only": cells[1],
         "second_only": cells[2],
-        "mcnemar_p": metrics.mcnemar_exact(cells[1], cells[2]),
-        "top1_diff": 100 * diff,
-        "top1_diff_ci95": [100 * lo, 100 * hi],
+        "mcnemar_p": stats.mcnemar_exact(cells[1], cells[2]) if lab.any() else None,
+        "top1_diff": None if diff is None else 100 * diff,
+        "top1_diff_ci95": [None if x is None else 100 * x for x in (lo, hi)],
         "class_diffs": [
             {
                 "class": int(present[k]),
@@ -211,69 +250,100 @@ def paired(first: Run, other: Run, names: list[str]) -> dict[str, Any]:
     }
 
 
-def thumbnails(run: Run, count: int, names: list[str]) -> tuple[list[dict[str, Any]], str]:
-    """The most confident mistakes, read back from the dataset by row index (or why not)."""
-    from pipeline import splits
-    from pipeline.transforms import open_image, read_bytes, to_rgb
-
+def thumbnails(run: Run, count: int) -> tuple[list[dict[str, Any]], str]:
+    """The most confident mistakes, read back from the dataset by row index, once the
+    dataset is shown to be the one that was scored (or why they are left out)."""
     wrong = np.flatnonzero(run.labeled & ~run.top1)
     picks = wrong[np.argsort(-run.confidence[wrong], kind="stable")][:count]
     if count == 0 or not len(picks):
         return [], "no mistakes to show" if count else "thumbnails not asked for"
-    p = run.plan
     try:
-        split = splits.load_split(
-            path=p["dataset_path"],
-            name=p["dataset_name"],
-            split=p["split"],
-            revision=p["dataset_revision"],
-            data_dir=p["data_dir"],
-            data_files=p["data_files"],
-            streaming=False,
-            image_column=p["image_column"],
-            label_column=None,
-            id_column=None,
-        )
-        column = split.table.select_columns([split.image_column])
-        images = column[[int(run.index[k]) for k in picks]][split.image_column]
+        split, images = dataset_images(run, picks)
+    except UserError as e:
+        return [], f"thumbnails left out: {e}"
     except Exception as e:  # moved, offline, deleted: the page says so and goes on
         return [], f"the dataset could not be read for thumbnails ({str(e).splitlines()[0][:200]})"
     shown = []
     for k, image in zip(picks, images, strict=True):
-        try:
-            picture = to_rgb(open_image(read_bytes(image, split.roots)))
-        except Exception:
+        picture = thumbnail(image, split.roots)
+        if picture is None:
             continue
-        picture.thumbnail((160, 160))
-        buf = io.BytesIO()
-        picture.save(buf, "JPEG", quality=80)
         shown.append(
             {
                 "index": int(run.index[k]),
                 "id": run.ids[k],
                 "confidence": float(run.confidence[k]),
-                "label": names[run.label[k]],
-                "pred": names[run.pred[k]],
-                "jpeg": base64.b64encode(buf.getvalue()).decode(),
+                "label": run.names[run.label[k]],
+                "pred": run.names[run.pred[k]],
+                "jpeg": picture,
             }
         )
     return shown, f"the {len(shown)} most confident top-1 mistakes"
 
 
+def dataset_images(run: Run, picks: np.ndarray) -> tuple[Any, list[Any]]:
+    """The split a run scored and the encoded images of rows `picks`; a UserError when the
+    data has changed since (another fingerprint or length, or a row whose id is not the
+    one the run recorded): a new image would show under an old image's row."""
+    from pipeline import splits
+
+    p = run.plan
+    source = splits.Source(
+        path=p["dataset_path"],
+        name=p["dataset_name"],
+        split=p["split"],
+        revision=p["dataset_revision"],
+        data_dir=p["data_dir"],
+        data_files=p["data_files"],
+        image_column=p["image_column"],
+        label_column=None,
+        id_column=p["id_column"],
+        image_roots=tuple(p.get("image_roots") or ()),
+    )
+    split = splits.load_split(source)
+    if (split.fingerprint, split.num_rows) != (p["dataset_fingerprint"], p["dataset_rows"]):
+        raise UserError("the dataset has changed since the run (its fingerprint differs)")
+    rows = run.index[picks]
+    now = splits.row_ids(split, rows, source.id_column)
+    for row, k, id_now in zip(rows, picks, now, strict=True):
+        if run.ids[k] != id_now:
+            raise UserError(
+                f"row {row} of the dataset is {id_now!r} now, {run.ids[k]!r} in the run"
+            )
+    column = split.table.select_columns([split.image_column])
+    return split, column[[int(r) for r in rows]][split.image_column]
+
+
+def thumbnail(image: Any, roots: Any) -> str | None:
+    """A 160-pixel JPEG of an encoded image, base64; None when it does not decode."""
+    from pipeline.images import open_image, read_bytes, to_rgb
+
+    try:
+        picture = to_rgb(open_image(read_bytes(image, roots)))
+    except Exception:  # any decoder failure: that thumbnail is left out
+        return None
+    picture.thumbnail((160, 160))
+    buf = io.BytesIO()
+    picture.save(buf, "JPEG", quality=80)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
 def build(dirs: list[Path], n_thumbnails: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """report.json's content, and the thumbnails (kept out of the JSON)."""
     runs = [load(d) for d in dirs]
-    names = labels.categories()
     first = runs[0]
+    pairs = [r for r in runs[1:] if same_rows(first, r)]
+    for other in pairs:
+        check_pairable(first, other)
     report = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "interval": INTERVAL,
         "difference_interval": DIFF_INTERVAL,
-        "ece_bins": 15,
-        "runs": [single(r, names) for r in runs],
-        "paired": [paired(first, r, names) for r in runs[1:] if same_rows(first, r)],
+        "ece_bins": stats.ECE_BINS,
+        "runs": [single(r) for r in runs],
+        "paired": [paired(first, r) for r in pairs],
     }
-    shown, note = thumbnails(first, n_thumbnails, names)
+    shown, note = thumbnails(first, n_thumbnails)
     report["thumbnails"] = {"shown": len(shown), "note": note}
     return report, shown
 
@@ -301,18 +371,15 @@ def main(argv: list[str] | None = None) -> None:
         "--thumbnails", type=int, default=24, help="most confident mistakes to show (0: none)"
     )
     args = parser.parse_args(argv)
-    try:
+    with one_line():
         report = write(args.runs, args.thumbnails)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    first = report["runs"][0]
+    first, num = report["runs"][0], stats.number
     lo, hi = first["top1_ci95"]
-    print(f"top-1 {first['top1']:.3f} [{lo:.3f}, {hi:.3f}]  ECE {first['ece']:.4f}")
+    print(f"top-1 {num(first['top1'])} [{num(lo)}, {num(hi)}]  ECE {num(first['ece'], 4)}")
     for p in report["paired"]:
         print(
-            f"vs {p['run']}: agreement {p['agreement']:.4f}, top-1 {p['top1_diff']:+.3f} "
-            f"points, McNemar p={p['mcnemar_p']:.3g}"
+            f"vs {p['run']}: agreement {num(p['agreement'], 4)}, top-1 "
+            f"{stats.signed(p['top1_diff'])} points, McNemar p={num(p['mcnemar_p'], 3, 'g')}"
         )
     print(f"wrote {args.runs[0] / 'report.html'} and {args.runs[0] / 'report.json'}")
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import html
 import io
-import math
 from typing import Any
+
+from pipeline.stats import number as num
+from pipeline.stats import signed
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 1100px;
@@ -20,7 +22,7 @@ td.n { text-align: right }
 .cards, .plots, .thumbs { display: flex; gap: 14px; flex-wrap: wrap }
 .card { border: 1px solid #dde3ea; border-radius: 8px; padding: 10px 14px; min-width: 150px }
 .card b { display: block; font-size: 22px }
-.thumbs figure { margin: 0; width: 164px; font-size: 12px }
+.thumbs figure { margin: 0; width: 164px; font-size: 12px; overflow-wrap: anywhere }
 .thumbs img { border-radius: 4px; display: block; margin-bottom: 3px }
 .warn { color: #a33 }
 """
@@ -28,10 +30,6 @@ td.n { text-align: right }
 
 def esc(value: Any) -> str:
     return html.escape("" if value is None else str(value))
-
-
-def num(x: Any, digits: int = 3) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
 def ci(pair: list[float]) -> str:
@@ -58,14 +56,14 @@ def svg(figure: Any) -> str:
     return text[text.index("<svg") :]
 
 
-def reliability(bins: list[dict[str, float]], ece: float) -> str:
+def reliability(bins: list[dict[str, Any]], ece: float | None) -> str:
     """The reliability diagram: accuracy against mean confidence per bin, and the diagonal."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(4.2, 4.0))
     ax = fig.subplots()
     centers = [(b["lower"] + b["upper"]) / 2 for b in bins]
-    accs = [0 if math.isnan(b["accuracy"]) else b["accuracy"] for b in bins]
+    accs = [b["accuracy"] or 0 for b in bins]
     ax.bar(
         centers, accs, width=1 / len(bins), edgecolor="#2b5b84", color="#8fb8de", label="accuracy"
     )
@@ -75,7 +73,7 @@ def reliability(bins: list[dict[str, float]], ece: float) -> str:
         ylim=(0, 1),
         xlabel="top-1 probability",
         ylabel="top-1 accuracy",
-        title=f"Reliability (ECE {ece:.4f}, 15 bins)",
+        title=f"Reliability (ECE {num(ece, 4)}, {len(bins)} bins)",
     )
     ax.legend(loc="upper left", fontsize=8)
     return svg(fig)
@@ -102,7 +100,7 @@ def run_cards(r: dict[str, Any]) -> str:
     cards = [
         ("top-1", f"{num(r['top1'])}", f"{ci(r['top1_ci95'])}"),
         ("top-5", f"{num(r['top5'])}", f"{ci(r['top5_ci95'])}"),
-        ("ECE", num(r["ece"], 4), "15 bins"),
+        ("ECE", num(r["ece"], 4), f"{len(r['reliability'])} bins"),
         ("images", r["n_images"], f"{r['n_labeled']} labeled, {r['n_errors']} not scored"),
     ]
     return (
@@ -126,10 +124,10 @@ def first_run(r: dict[str, Any], shown: list[dict[str, Any]], note: str) -> str:
     ]
     if r["published"]:
         p = r["published"]
-        warn = " class=warn" if max(abs(p["top1_diff"]), abs(p["top5_diff"])) > 0.1 else ""
+        warn = " class=warn" if p["off"] else ""
         parts.append(
             f"<p{warn}>Published (torchvision): top-1 {num(p['top1'])}, top-5 {num(p['top5'])}; "
-            f"this run {p['top1_diff']:+.3f} / {p['top5_diff']:+.3f} points.</p>"
+            f"this run {signed(p['top1_diff'])} / {signed(p['top5_diff'])} points.</p>"
         )
     plots = reliability(r["reliability"], r["ece"]) + histogram(r["classes"])
     parts.append(f'<div class="plots">{plots}</div>')
@@ -203,8 +201,8 @@ def comparisons(report: dict[str, Any]) -> str:
             num(p["agreement"], 4),
             p["first_only"],
             p["second_only"],
-            f"{p['mcnemar_p']:.3g}",
-            f"{p['top1_diff']:+.3f} {ci(p['top1_diff_ci95'])}",
+            num(p["mcnemar_p"], 3, "g"),
+            f"{signed(p['top1_diff'])} {ci(p['top1_diff_ci95'])}",
         ]
         diffs = [
             [d["name"], d["class"], d["n"], f"{d['top1_diff']:+.1f}"] for d in p["class_diffs"]

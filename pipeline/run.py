@@ -10,7 +10,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,9 @@ from pipeline import (
     stop,
     write,
 )
-from pipeline.config import Config, UserError, check_values
+from pipeline.config import Config, check_values, plain
+from pipeline.errors import UserError
+from pipeline.stats import number
 from pipeline.transforms import Preprocess
 
 log = logging.getLogger("pipeline")
@@ -50,9 +52,9 @@ def evaluate(cfg: Config, out_dir: Path) -> dict[str, Any] | None:
         group, device = distributed.setup(cfg.device)
         out_dir = Path(group.broadcast(str(out_dir)))  # every rank writes into rank 0's folder
         settings = plan.resolve_settings(cfg, device, group.world)
-        rundir.check_writable(out_dir)
         folder = rundir.RunFolder(out_dir, owner=group.rank == 0)
-        group.on_rank0(folder.lock)
+        group.on_rank0(folder.lock)  # refused here if the folder is not ours to write
+        rundir.check_writable(out_dir)  # from every rank (another node, maybe)
         try:
             return _run(cfg, folder, group, settings, stopper, started)
         finally:
@@ -94,7 +96,11 @@ def _run(
     mine = distributed.share(todo, group)
     if real is not None:
         positions = data.positions_of(mine, split.num_rows or 0)
-        real.check(splits.row_ids(split, positions, cfg.dataset.id_column), positions.tolist())
+        real.check(
+            splits.row_ids(split, positions, cfg.dataset.id_column),
+            positions.tolist(),
+            data.imagenet_labels(split, space, cfg.dataset.label_column, positions),
+        )
     stopper.check(hint)
     net = model.place(
         loaded.model, settings.device, channels_last=cfg.channels_last, compile=cfg.compile
@@ -119,13 +125,27 @@ def _run(
     if group.rank != 0:
         return None
     timing = {"images_per_sec": total / wall if wall > 0 else 0.0, "wall_seconds": wall}
-    result = folder.finish(
-        schema,
-        *rows,
-        lambda predictions: metrics.accuracy(str(predictions)) | the_plan.columns() | timing,
-    )
+
+    def metrics_row(predictions: Path) -> dict[str, Any]:
+        row = metrics.accuracy(str(predictions)) | the_plan.columns() | timing
+        return row | metrics.published(row)
+
+    result = folder.finish(schema, *rows, metrics_row)
     print_summary(result, folder.path)
+    check_scored(result, folder.path)
     return result
+
+
+def check_scored(row: dict[str, Any], out_dir: Path) -> None:
+    """A finished run that scored no image is a failure the user must see (exit non-zero),
+    though its folder, every row's error included, is complete."""
+    if row["n_scored"] == 0:
+        what = (
+            f"none of its {row['n_images']} images could be scored"
+            if row["n_images"]
+            else ("the split has no rows to score")
+        )
+        raise UserError(f"{out_dir}: {what}; see the error column of {rundir.PREDICTIONS}")
 
 
 def load_inputs(
@@ -134,24 +154,23 @@ def load_inputs(
     """The split, what its labels mean, the ReaL labels if asked for, and the model: in
     that order, so that a label refusal never waits for the weights."""
     model.start_hashing(cfg.model.arch, cfg.model.weights)  # while the dataset loads
-    d = cfg.dataset
-    split = group.rank0_first(
-        lambda: splits.load_split(
-            path=d.path,
-            name=d.name,
-            split=d.split,
-            revision=d.revision,
-            data_dir=d.data_dir,
-            data_files=d.data_files,
-            streaming=d.streaming,
-            image_column=d.image_column,
-            label_column=d.label_column,
-            id_column=d.id_column,
-        )
-    )
+    split = group.rank0_first(lambda: splits.load_split(source(cfg)))
     space = resolve_labels(cfg, split)
     real = load_real(cfg, split)
     return split, space, real, model.load_model(**asdict(cfg.model))
+
+
+def source(cfg: Config) -> splits.Source:
+    """The split's source, from dataset.* of the config."""
+    d = cfg.dataset
+    return splits.Source(
+        **{
+            f.name: plain(getattr(d, f.name))
+            for f in fields(splits.Source)
+            if f.name != "image_roots"
+        },
+        image_roots=tuple(d.image_roots),
+    )
 
 
 def resolve_labels(cfg: Config, split: splits.Split) -> labels.LabelSpace:
@@ -280,14 +299,16 @@ def resume_hint(out_dir: Path) -> str:
 
 def print_summary(r: dict[str, Any], out_dir: Path) -> None:
     line = (
-        f"top-1 {r['top1']:.3f}  top-5 {r['top5']:.3f}  ({r['n_labeled']} labeled)  "
+        f"top-1 {number(r['top1'])}  top-5 {number(r['top5'])}  ({r['n_labeled']} labeled)  "
         f"images {r['n_images']}  errors {r['n_errors']}  {r['images_per_sec']:.1f} img/s"
     )
     print(line)
     restricted = ", outputs restricted to these classes" if r["restricted"] else ""
     print(f"label space: {r['label_space']} ({r['label_source']}){restricted}")
     if "real_top1" in r:
-        print(f"ImageNet-ReaL top-1 {r['real_top1']:.3f}  ({r['n_real']} images with ReaL labels)")
+        print(
+            f"ImageNet-ReaL top-1 {number(r['real_top1'])}  ({r['n_real']} images with ReaL labels)"
+        )
     check = metrics.published_check(r)
     if check:
         print(check)

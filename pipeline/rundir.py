@@ -12,6 +12,10 @@
 Any interruption leaves a folder that one plain rerun finishes: every write is
 a unique temporary name, fsync, rename, fsync of the folder; every part is
 validated when read; the rerun scores exactly the rows no valid part holds.
+
+Only what this pipeline can prove it wrote is ever removed or moved: its temporary
+names, its part names, in a folder its run.json claims. A folder holding anything else
+and no run.json is refused before anything is written into it.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ import fcntl
 import json
 import logging
 import os
+import re
 import secrets
-import shutil
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,14 +38,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import UserError
+from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
 
 LOCK, RUN_FILE, ERROR_FILE = ".lock", "run.json", "error.txt"
-PREDICTIONS, METRICS, PARTS = "predictions.parquet", "metrics.parquet", "parts"
+PREDICTIONS, METRICS, PARTS, DAMAGED = "predictions.parquet", "metrics.parquet", "parts", "damaged"
 PART_NAME = "part-{:012d}-{:012d}.parquet"
-TMP_SUFFIX = ".tmp"
+PART_RE = re.compile(r"part-(\d{12})-(\d{12})\.parquet")
+TMP_RE = re.compile(r"\..+\.\d+-[0-9a-f]{6}\.tmp")  # durable_write's temporary names
+PROBE_RE = re.compile(r"\.write-test-.+-\d+")  # check_writable's probe
+HYDRA_FILES = (".hydra", "pipeline.log")  # what Hydra writes into a job's folder first
 
 
 class FolderBusy(UserError):
@@ -54,7 +61,7 @@ class FolderBusy(UserError):
 def durable_write(path: Path, write: Callable[[Path], Any]) -> None:
     """write(tmp) under a unique temporary name, fsync, rename over `path`, fsync the folder:
     after a crash at any moment `path` is the old file, the new one, or absent; never partial."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}{TMP_SUFFIX}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}.tmp")
     try:
         write(tmp)
         _fsync(tmp)
@@ -77,8 +84,20 @@ def _fsync(path: Path) -> None:
 
 
 def write_json(path: Path, value: Any) -> None:
-    text = json.dumps(value, indent=1, sort_keys=True, default=str)
+    """Strict JSON (a number that is not finite is null: NaN is not JSON), written durably."""
+    text = json.dumps(finite(value), indent=1, sort_keys=True, default=str, allow_nan=False)
     durable_write(path, lambda tmp: tmp.write_text(text))
+
+
+def finite(value: Any) -> Any:
+    """value with every NaN or infinity, however deep, replaced by None."""
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
 
 
 def check_writable(path: Path) -> None:
@@ -118,11 +137,49 @@ def _take_lock(path: Path) -> int:
     return fd
 
 
+# --------------------------------------------------------------- the claim
+
+
+def check_claim(path: Path) -> None:
+    """Refuse a folder this pipeline may not write into: one that exists, is not empty and is
+    not one of its run folders. Beside a run.json, anything goes (the user's notes in a run
+    folder are left alone); without one, only what a run writes before its plan is known
+    (the lock, an error, Hydra's .hydra/ and log, temporary files) is allowed."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise UserError(f"{path} is a file, not a folder; choose another output_dir")
+    if (path / RUN_FILE).exists():
+        read_plan(path)  # refuses a run.json that is not this pipeline's
+        return
+    foreign = [e for e in sorted(os.listdir(path)) if not _written_before_plan(e)]
+    if foreign:  # outputs without a run.json too: never taken for a finished run
+        raise UserError(
+            f"{path} is not empty and not a run folder of this pipeline (no {RUN_FILE}): it "
+            f"holds {_listing(foreign)}; use a new or empty output_dir"
+        )
+
+
+def _written_before_plan(name: str) -> bool:
+    return (
+        name in (LOCK, ERROR_FILE, *HYDRA_FILES)
+        or TMP_RE.fullmatch(name) is not None
+        or PROBE_RE.fullmatch(name) is not None
+    )
+
+
+def _listing(names: list[str], shown: int = 5) -> str:
+    more = f" (and {len(names) - shown} more)" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def record_error(path: Path, message: str) -> None:
-    """Write why a run failed, unless another run holds the folder or it is finished."""
+    """Write why a run failed, unless the folder is not ours, another run holds it, or it is
+    finished."""
     if not path.is_dir() or (path / METRICS).exists():
         return
     try:
+        check_claim(path)
         fd = _take_lock(path)
     except (UserError, OSError):
         return
@@ -152,11 +209,12 @@ class Coverage:
 
 
 def list_parts(parts_dir: Path) -> list[Part]:
+    """The parts in a folder, by the names commit_part gives them (nothing else is one)."""
     found = []
-    for p in parts_dir.glob("part-*.parquet") if parts_dir.is_dir() else []:
-        name = p.name.removeprefix("part-").removesuffix(".parquet").split("-")
-        if len(name) == 2 and all(x.isdigit() for x in name) and int(name[0]) < int(name[1]):
-            found.append(Part(int(name[0]), int(name[1]), p))
+    for p in parts_dir.iterdir() if parts_dir.is_dir() else []:
+        match = PART_RE.fullmatch(p.name)
+        if match and p.is_file() and int(match[1]) < int(match[2]):
+            found.append(Part(int(match[1]), int(match[2]), p))
     return sorted(found, key=lambda q: (q.first, q.stop))
 
 
@@ -225,8 +283,11 @@ class RunFolder:
         self._lock: int | None = None
 
     def lock(self) -> None:
-        """Take the folder (owner only), then clear what interrupted writes left."""
+        """Take the folder (owner only): refuse it if it is not ours, make it, lock it, then
+        clear what interrupted writes left."""
         if self.owner:
+            check_claim(self.path)
+            check_writable(self.path)
             self._lock = _take_lock(self.path)
             self.clean()
 
@@ -242,31 +303,25 @@ class RunFolder:
     def check_plan(self, record: dict[str, Any]) -> None:
         """Store the plan; a folder made under another plan is refused, naming what differs.
         Only the "results" part must agree: batch size, workers and the like may change."""
-        path = self.path / RUN_FILE
-        record = json.loads(json.dumps(record, default=str))
-        if path.exists():
-            before = read_plan(self.path)
-            if "results" not in before:
-                raise UserError(
-                    f"{self.path} was made by an older version of this pipeline; finish it "
-                    f"with that version, or use a new output folder"
-                )
-            diff = plan_difference(before["results"], record["results"])
-            if diff:
-                raise UserError(
-                    f"{self.path} holds a run made under other settings ({diff}); "
-                    f"use a new output folder, or the same settings to resume"
-                )
-        write_json(path, record)
+        refuse_other_plan(self.path, record)
+        write_json(self.path / RUN_FILE, record)
 
     def clean(self) -> None:
-        """Remove what interrupted writes left: temporary files, and the parts of a run
+        """Remove what interrupted writes left: our temporary files, and the parts of a run
         that finished just before it was killed."""
         for folder in (self.path, self.parts_dir):
-            for tmp in folder.glob(f".*{TMP_SUFFIX}") if folder.is_dir() else []:
-                tmp.unlink(missing_ok=True)
-        if self.finished and self.parts_dir.exists():
-            _remove_parts(self.parts_dir)
+            _remove(folder, TMP_RE)
+        if self.finished:
+            self.remove_parts()
+
+    def remove_parts(self) -> None:
+        """Remove our part files (and the damaged ones moved aside), then their folders if
+        nothing else is left in them."""
+        damaged = self.parts_dir / DAMAGED
+        for folder in (damaged, self.parts_dir):
+            _remove(folder, PART_RE, TMP_RE)
+            with contextlib.suppress(OSError):  # absent, or holding something not ours
+                folder.rmdir()
 
     def scan(self, schema: pa.Schema, start: int, stop: int | None) -> Coverage:
         """Validate every part; move damaged ones to parts/damaged/ (their rows are then
@@ -277,7 +332,7 @@ class RunFolder:
             if reason is None:
                 good.append(part)
                 continue
-            aside = self.parts_dir / "damaged" / part.path.name
+            aside = self.parts_dir / DAMAGED / part.path.name
             aside.parent.mkdir(exist_ok=True)
             os.replace(part.path, aside)
             log.warning(
@@ -317,15 +372,14 @@ class RunFolder:
         write_segments(coverage.segments, predictions, schema)
         row = metrics_row(predictions)
         write_metrics(self.path / METRICS, row)
-        _remove_parts(self.parts_dir)
+        self.remove_parts()
         (self.path / ERROR_FILE).unlink(missing_ok=True)  # from an earlier, failed attempt
         return row
 
 
 @contextlib.contextmanager
 def open_folder(path: Path) -> Iterator[RunFolder]:
-    """A run folder for writing by this one process: writable, locked, cleaned up."""
-    check_writable(path)
+    """A run folder for writing by this one process: ours, writable, locked, cleaned up."""
     folder = RunFolder(path, owner=True)
     folder.lock()
     try:
@@ -334,22 +388,50 @@ def open_folder(path: Path) -> Iterator[RunFolder]:
         folder.unlock()
 
 
+def refuse_other_plan(path: Path, record: dict[str, Any]) -> None:
+    """A folder whose run.json holds another plan's results is refused, naming what differs
+    (read only: the check can come before anything is written)."""
+    if not (path / RUN_FILE).exists():
+        return
+    now = json.loads(json.dumps(finite(record), default=str))  # as run.json would hold it
+    diff = plan_difference(read_plan(path)["results"], now["results"])
+    if diff:
+        raise UserError(
+            f"{path} holds a run made under other settings ({diff}); "
+            f"use a new output folder, or the same settings to resume"
+        )
+
+
 def plan_difference(before: dict[str, Any], now: dict[str, Any]) -> str:
     """'key: old -> new; ...' for every result setting that differs ('' when none)."""
     keys = sorted(before.keys() | now.keys())
     return "; ".join(
-        f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys if before.get(k) != now.get(k)
+        f"{k}: {_short(before.get(k))} -> {_short(now.get(k))}"
+        for k in keys
+        if before.get(k) != now.get(k)
     )
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def read_plan(path: Path) -> dict[str, Any]:
+    """A run folder's run.json; one line when there is none or it is not this pipeline's."""
     file = path / RUN_FILE
     if not file.exists():
         raise UserError(f"{path} is not a run folder of this pipeline (no {RUN_FILE})")
     try:
-        return json.loads(file.read_text())
+        record = json.loads(file.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"{file} cannot be read: {e}") from None
+    if not (isinstance(record, dict) and isinstance(record.get("results"), dict)):
+        raise UserError(
+            f"{file} is not this pipeline's run record (or comes from an older version of it); "
+            f"use a new output folder"
+        )
+    return record
 
 
 def write_segments(
@@ -386,5 +468,8 @@ def committed_rows(path: Path) -> int:
     return sum(b - a for _, a, b in coverage.segments)
 
 
-def _remove_parts(parts_dir: Path) -> None:
-    shutil.rmtree(parts_dir, ignore_errors=True)
+def _remove(folder: Path, *patterns: re.Pattern[str]) -> None:
+    """Remove the files of `folder` whose names match one of `patterns` (ours by name)."""
+    for entry in folder.iterdir() if folder.is_dir() else []:
+        if any(p.fullmatch(entry.name) for p in patterns) and entry.is_file():
+            entry.unlink(missing_ok=True)

@@ -2,7 +2,8 @@
 `save_to_disk` folder, with its image column left encoded, and what its labels are.
 
 `load_split` is `load_dataset` in its two steps, so that a split that was not named can
-be found between them, and so that a local folder's files come from one directory walk.
+be found (and a wrong name refused, naming the splits there are) between them, and so
+that a local folder's files come from one directory walk.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import UserError, plain
-from pipeline.transforms import Roots
+from pipeline.config import plain
+from pipeline.errors import UserError
+from pipeline.images import Roots
 
 SAVED_DATASET_MARKERS = ("dataset_dict.json", "state.json")
 FOLDER_BUILDERS = ("imagefolder",)  # builders whose rows are files found by walking a folder
@@ -26,6 +28,24 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- the split
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a split comes from and what its columns are: the `dataset.*` settings that
+    `datasets` and the decoder need."""
+
+    path: str  # hub id, builder name (parquet, imagefolder) or a local folder
+    name: str | None = None
+    split: str | None = None  # None: the data's only split
+    revision: str | None = None
+    data_dir: str | None = None
+    data_files: Any = None
+    streaming: bool = False
+    image_column: str = "image"  # auto: the only image column
+    label_column: str | None = "label"
+    id_column: str | None = None
+    image_roots: tuple[str, ...] = ()  # more folders that stored image paths may lead into
 
 
 @dataclass
@@ -39,36 +59,29 @@ class Split:
     image_column: str  # the configured one, or the one found for "auto"
     builder: str | None  # datasets' builder: imagefolder, parquet, webdataset, ...
     fingerprint: str | None  # datasets' fingerprint (None when streaming)
+    files: tuple[str, ...] = ()  # the split's data files, where `datasets` listed them
 
 
-def load_split(
-    *,
-    path: str,
-    name: str | None,
-    split: str | None,
-    revision: str | None,
-    data_dir: str | None,
-    data_files: Any,
-    streaming: bool,
-    image_column: str,
-    label_column: str | None,
-    id_column: str | None,
-) -> Split:
+def load_split(source: Source) -> Split:
     """Load one split with `datasets`, from the hub, local files or a `save_to_disk` folder;
     with split=None, the data's only split."""
     import datasets
 
+    path, split = source.path, source.split
+    files: tuple[str, ...] = ()
     try:
         if os.path.isdir(path) and any(
             os.path.exists(os.path.join(path, m)) for m in SAVED_DATASET_MARKERS
         ):
             table = _load_saved(path, split)
         else:
-            builder = _builder(path, name, revision, data_dir, data_files)
-            if split is None:
-                available = list(builder.config.data_files or builder.info.splits or [])
-                split = choose_split(available, path)
-            if streaming:
+            builder = _builder(source)
+            available = [str(s) for s in builder.config.data_files or builder.info.splits or []]
+            split = choose_split(available, path) if split is None else split
+            check_split(split, available, path)
+            data_files = builder.config.data_files or {}
+            files = tuple(str(f) for n in split_names(split) for f in data_files.get(n, ()))
+            if source.streaming:
                 table = builder.as_streaming_dataset(split=split)
             else:
                 builder.download_and_prepare()
@@ -82,39 +95,69 @@ def load_split(
         which = f" split '{split}'" if split else ""
         raise UserError(f"Could not load dataset '{path}'{which}: {reason}") from e
     features = table.features or {}
-    image_column = _image_column(features, image_column)
-    for role, column in (("label", label_column), ("id", id_column)):
+    image_column = _image_column(features, source.image_column)
+    for role, column in (("label", source.label_column), ("id", source.id_column)):
         if column is not None and column not in features:
             raise UserError(
                 f"Column '{column}' (dataset.{role}_column) not in the dataset; "
                 f"columns present: {', '.join(features)}"
             )
     builder = getattr(table.info, "builder_name", None)
-    fingerprint = None if streaming else getattr(table, "_fingerprint", None)
+    fingerprint = None if source.streaming else getattr(table, "_fingerprint", None)
     table = table.cast_column(image_column, datasets.Image(decode=False))
     return Split(
         table=table,
         name=str(table.split) if getattr(table, "split", None) else (split or ""),
-        num_rows=None if streaming else len(table),
-        roots=_roots(path, data_dir, data_files, walked=builder in FOLDER_BUILDERS),
+        num_rows=None if source.streaming else len(table),
+        roots=_roots(source, walked=builder in FOLDER_BUILDERS),
         image_column=image_column,
         builder=builder,
         fingerprint=fingerprint,
+        files=files,
     )
 
 
-def _builder(
-    path: str, name: str | None, revision: str | None, data_dir: str | None, data_files: Any
-) -> Any:
+def split_names(spec: str) -> list[str]:
+    """The splits a spec reads: 'validation[:10%]+test' -> validation, test (none when
+    `datasets` cannot parse it: its own error is then the clearest)."""
+    import datasets
+
+    try:
+        instruction = datasets.ReadInstruction.from_spec(spec)
+    except (ValueError, AssertionError):
+        return []
+    return [i.splitname for i in instruction._relative_instructions]
+
+
+def check_split(split: str, available: Sequence[str], where: str) -> None:
+    """A split named in dataset.split (slices and sums allowed) must be one the data has."""
+    unknown = sorted(set(split_names(split)) - set(available)) if available else []
+    if not unknown:
+        return
+    hint = (
+        f"; leaving dataset.split unset uses its only split, '{available[0]}'"
+        if len(available) == 1
+        else ""
+    )
+    raise UserError(
+        f"{where} has no split '{unknown[0]}'; its splits: {', '.join(available)}{hint}"
+    )
+
+
+def _builder(source: Source) -> Any:
     """`load_dataset`'s first step (its second is in load_split): between the two, a split
     name that was not given can be found."""
     import datasets
 
-    files = plain(data_files)
-    if files is None and name is None and _plain_folder(path):
-        files = _folder_files(os.path.join(path, data_dir or ""))
+    files = plain(source.data_files)
+    if files is None and source.name is None and _plain_folder(source.path):
+        files = _folder_files(os.path.join(source.path, source.data_dir or ""))
     return datasets.load_dataset_builder(
-        path, name, revision=revision, data_dir=data_dir, data_files=files
+        source.path,
+        source.name,
+        revision=source.revision,
+        data_dir=source.data_dir,
+        data_files=files,
     )
 
 
@@ -139,7 +182,7 @@ def _load_saved(path: str, split: str | None) -> Any:
             return loaded
         split = choose_split(list(loaded), path)
     instruction = datasets.ReadInstruction.from_spec(split)
-    names = [ins.splitname for ins in instruction._relative_instructions]
+    names = split_names(split)
     if not isinstance(loaded, datasets.DatasetDict):
         # a single saved Dataset has no split names: only the slice applies
         loaded = datasets.DatasetDict({name: loaded for name in names})
@@ -237,23 +280,32 @@ def _folder_files(folder: str) -> Any:
     return out
 
 
-def _roots(path: str, data_dir: str | None, data_files: Any, *, walked: bool) -> Roots:
-    """Where image paths stored in the dataset may lead: its own folders and the HF cache.
-    For a folder of image files the paths come from walking it, so links found there are
-    part of the dataset (a class subset linked into a shared ImageNet copy)."""
+def _roots(source: Source, *, walked: bool) -> Roots:
+    """Where image paths stored in the dataset may lead: its own folders, the HF cache and
+    the folders the user allowed. For a folder of image files the paths come from walking
+    it, so links found there are part of the dataset (a class subset linked into a shared
+    ImageNet copy). Relative paths are relative to the dataset's folder: the `save_to_disk`
+    or data folder, else the folder its data files share."""
     import datasets
 
-    own = [p for p in (path, data_dir) if p and os.path.isdir(p)]
-    files = plain(data_files)
+    own = [p for p in (source.path, source.data_dir) if p and os.path.isdir(p)]
+    files = plain(source.data_files)
     if isinstance(files, dict):
         files = [f for v in files.values() for f in ([v] if isinstance(v, str) else v)]
-    for f in [files] if isinstance(files, str) else files or []:
-        own.append(os.path.dirname(os.path.abspath(f)))
-    confined = [datasets.config.HF_DATASETS_CACHE, *own]
+    file_dirs = [
+        os.path.dirname(os.path.abspath(f))
+        for f in ([files] if isinstance(files, str) else files or [])
+    ]
+    own += file_dirs
+    base = own[0] if own and os.path.isdir(source.path) else None
+    if base is None and file_dirs:
+        base = os.path.commonpath(file_dirs)
+    confined = [datasets.config.HF_DATASETS_CACHE, *own, *source.image_roots]
     return Roots(
         confined=tuple(os.path.realpath(r) for r in confined),
         walked=tuple(os.path.abspath(r) for r in own) if walked else (),
         own=tuple(os.path.realpath(r) for r in own),
+        base=os.path.abspath(base) if base else None,
     )
 
 
@@ -262,12 +314,12 @@ def _roots(path: str, data_dir: str | None, data_files: Any, *, walked: bool) ->
 
 def folder_names(split: Split) -> list[str] | None:
     """All class folders of an image folder, empty ones included (datasets' ClassLabel
-    leaves those out; torchvision's ImageFolder does not). None for other layouts."""
-    if split.builder not in FOLDER_BUILDERS or split.num_rows is None:
+    leaves those out; torchvision's ImageFolder does not), found from the split's files,
+    so streamed or not, the same. None for other layouts."""
+    if split.builder not in FOLDER_BUILDERS or not split.files:
         return None
-    paths = split.table.with_format("arrow")[split.image_column].combine_chunks().field("path")
-    parents = {os.path.dirname(os.path.dirname(p)) for p in paths.to_pylist() if p}
-    if len(parents) != 1:
+    parents = {os.path.dirname(os.path.dirname(p)) for p in split.files}
+    if len(parents) != 1 or not os.path.isdir(next(iter(parents))):
         return None
     (top,) = parents
     return sorted(
@@ -289,8 +341,11 @@ def string_values(split: Split, column: str | None) -> list[str] | None:
 
 
 def row_ids(split: Split, positions: np.ndarray, id_column: str | None) -> list[str | None]:
-    """The id (or image file path) of rows, read without decoding any image."""
+    """The ids of rows as a run records them (id_column, else the image's path inside the
+    dataset), read without decoding any image."""
     if id_column:
-        return split.table.with_format("arrow")[id_column].take(positions).to_pylist()
+        values = split.table.with_format("arrow")[id_column].take(positions).to_pylist()
+        return [None if v is None else str(v) for v in values]
     images = split.table.with_format("arrow")[split.image_column].take(positions)
-    return images.combine_chunks().field("path").to_pylist()
+    paths = images.combine_chunks().field("path").to_pylist()
+    return [split.roots.relative(p) if p else p for p in paths]

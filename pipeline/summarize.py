@@ -19,8 +19,8 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import metrics, rundir
-from pipeline.config import UserError
+from pipeline import rundir, stats
+from pipeline.errors import UserError, one_line
 
 COLUMNS = [
     "job",
@@ -69,7 +69,8 @@ def job_row(job_dir: Path, number: int, overrides: list[str]) -> dict[str, Any]:
         m = pd.read_parquet(job_dir / rundir.METRICS).iloc[0]
         keep = ["top1", "top5", "n_images", "n_errors", "images_per_sec", "device", "amp"]
         keep += ["label_space"] if "label_space" in m else []
-        return row | {k: m[k] for k in keep} | intervals(m) | {"status": "done"}
+        status = "done" if m["n_scored"] else "failed: no image could be scored"
+        return row | {k: m[k] for k in keep} | intervals(m) | {"status": status}
     if (job_dir / rundir.ERROR_FILE).exists():
         return row | {"status": f"failed: {(job_dir / rundir.ERROR_FILE).read_text().strip()}"}
     committed = rundir.committed_rows(job_dir)
@@ -82,8 +83,8 @@ def intervals(m: pd.Series) -> dict[str, str]:
     """95% Wilson intervals of top-1 and top-5, as '[low, high]' in percent."""
     out = {}
     for key in ("top1", "top5"):
-        low, high = metrics.percent_interval(m[key], int(m["n_labeled"]))
-        out[f"{key}_ci95"] = f"[{low:.2f}, {high:.2f}]"
+        low, high = stats.percent_interval(m[key], int(m["n_labeled"]))
+        out[f"{key}_ci95"] = f"[{stats.number(low, 2)}, {stats.number(high, 2)}]"
     return out
 
 
@@ -131,11 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("sweep_dir", type=Path, help="outputs/multirun/DATE/TIME")
     args = parser.parse_args(argv)
-    try:
+    with one_line():
         table = summarize(args.sweep_dir)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
     print_table(table)
     print(f"wrote {args.sweep_dir / 'summary.parquet'}")
 

@@ -12,7 +12,8 @@ import torchvision
 from helpers import LABELS, hub_dataset, hub_rows, jpeg, photo, wnid
 from PIL import Image
 
-from pipeline.config import Config, compose
+from pipeline.cli import compose
+from pipeline.config import Config
 
 
 @pytest.fixture(autouse=True)

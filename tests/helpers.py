@@ -92,18 +92,7 @@ def load(path: str, **kwargs):
     """splits.load_split with the defaults of a plain labeled split."""
     from pipeline import splits
 
-    args = dict(
-        name=None,
-        split=None,
-        revision=None,
-        data_dir=None,
-        data_files=None,
-        streaming=False,
-        image_column="image",
-        label_column="label",
-        id_column=None,
-    )
-    return splits.load_split(path=path, **{**args, **kwargs})
+    return splits.load_split(splits.Source(path, **kwargs))
 
 
 def wnid(label: int) -> str:
@@ -166,3 +155,17 @@ def assert_same_predictions(a, b):
     pd.testing.assert_frame_equal(x[cols], y[cols])
     assert np.stack(x["topk"]).tolist() == np.stack(y["topk"]).tolist()
     np.testing.assert_allclose(np.stack(x["topk_prob"]), np.stack(y["topk_prob"]), rtol=1e-4)
+
+
+def snapshot(root) -> dict[str, bytes]:
+    """Every file under root, by relative path, with its bytes."""
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def user_files(root, files: dict[str, bytes]) -> None:
+    """Files of the user's own (relative path -> bytes) under root."""
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)

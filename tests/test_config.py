@@ -6,15 +6,9 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from pipeline.config import (
-    CONF_DIR,
-    Amp,
-    Config,
-    UserError,
-    check_override_keys,
-    check_values,
-    schema_keys,
-)
+from pipeline.cli import check_command_line, check_override_keys
+from pipeline.config import CONF_DIR, Amp, Config, check_values, schema_keys
+from pipeline.errors import UserError
 
 REQUIRED = {  # values for the ??? fields of groups that have them
     "imagefolder": ["dataset.path=/data/val"],
@@ -42,7 +36,7 @@ def test_mistyped_key_names_the_valid_keys():
     """A key the schema lacks fails with a did-you-mean and the list of valid keys."""
     with pytest.raises(UserError, match=r"'batchsize'.*Did you mean 'batch_size'.*Valid keys:.*"):
         check_override_keys(["batchsize=3"])
-    check_override_keys(["batch_size=3", "dataset=imagenet-val", "dataset.split=x", "+foo=1"])
+    check_override_keys(["batch_size=3", "dataset=imagenet-val", "dataset.split=x", "~limit"])
     assert "dataset.image_column" in schema_keys() and "metrics.real_labels" in schema_keys()
 
 
@@ -65,8 +59,8 @@ def test_hydras_own_flags_are_not_taken_for_keys(argv):
 def test_output_dir_in_a_sweep_is_refused():
     """A sweep writes a folder per job; one output_dir for all of them is refused."""
     with pytest.raises(UserError, match=r"set hydra.sweep.dir=DIR instead"):
-        check_override_keys(["-m", "batch_size=2,4", "output_dir=/tmp/x"])
-    check_override_keys(["output_dir=/tmp/x"])
+        check_command_line(["-m", "batch_size=2,4", "output_dir=/tmp/x"])
+    check_command_line(["output_dir=/tmp/x", "--cfg", "job"])
 
 
 def readme_commands() -> list[list[str]]:

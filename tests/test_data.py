@@ -5,16 +5,17 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
-from helpers import LABELS, jpeg, load, photo
+from helpers import LABELS, hub_dataset, jpeg, load, photo
 from PIL import Image
 from torchvision.models import AlexNet_Weights
 
-from pipeline import data, splits, transforms
-from pipeline.config import UserError
+from pipeline import data, images, run, rundir, splits, transforms
+from pipeline.errors import UserError
+from pipeline.images import Roots
 from pipeline.labels import LabelSpace
-from pipeline.transforms import Roots
 
 IDENTITY = LabelSpace("imagenet-1k", "declared", "int64")
 
@@ -44,7 +45,7 @@ def test_every_mode_decodes_to_rgb_like_pil_convert(mode, fmt):
     """Grayscale, CMYK, alpha and palette images decode to RGB as PIL's convert('RGB') does."""
     source = photo(0).convert(mode)
     raw = encoded(source, fmt)
-    got = transforms.to_rgb(transforms.open_image(raw))
+    got = images.to_rgb(images.open_image(raw))
     assert got.mode == "RGB"
     assert np.array_equal(np.asarray(got), np.asarray(Image.open(io.BytesIO(raw)).convert("RGB")))
 
@@ -53,7 +54,7 @@ def test_16_bit_images_are_scaled_not_clipped():
     """A 16-bit grayscale PNG maps to 8 bits by its high byte instead of saturating at 255."""
     values = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).astype(np.uint16)
     raw = encoded(Image.fromarray(values), "PNG")
-    got = np.asarray(transforms.to_rgb(transforms.open_image(raw)))
+    got = np.asarray(images.to_rgb(images.open_image(raw)))
     assert got[..., 0].max() == values.max() >> 8
     assert np.array_equal(got[..., 0], got[..., 2])
 
@@ -141,9 +142,9 @@ def test_path_outside_the_dataset_is_not_opened(tmp_path):
     confined = Roots(confined=(str(tmp_path / "ds"),))
     for path in (secret, tmp_path / "ds" / "link.jpg", tmp_path / "ds" / ".." / "secret.jpg"):
         with pytest.raises(ValueError, match="outside the dataset"):
-            transforms.read_bytes({"bytes": None, "path": str(path)}, roots=confined)
-    inside = transforms.open_image(
-        transforms.read_bytes({"bytes": None, "path": str(secret)}, roots=Roots((str(tmp_path),)))
+            images.read_bytes({"bytes": None, "path": str(path)}, roots=confined)
+    inside = images.open_image(
+        images.read_bytes({"bytes": None, "path": str(secret)}, roots=Roots((str(tmp_path),)))
     )
     assert inside.size == (180, 140)
 
@@ -180,3 +181,61 @@ def test_folder_without_data_files_is_left_to_datasets(tmp_path):
     (tmp_path / ".hidden").mkdir()
     (tmp_path / ".hidden" / "a.jpg").write_bytes(b"x")
     assert splits._folder_files(str(tmp_path)) is None
+
+
+def test_relative_image_paths_resolve_against_the_dataset_folder(config, tmp_path, monkeypatch):
+    """A save_to_disk dataset whose image column holds relative paths is read relative to
+    its own folder, wherever the run starts: every row is scored, ids are those paths."""
+    import datasets
+
+    saved = tmp_path / "saved"
+    (saved / "imgs").mkdir(parents=True)
+    for i in range(3):
+        (saved / "imgs" / f"{i}.jpg").write_bytes(jpeg(photo(i)))
+    rows = {"image": [f"imgs/{i}.jpg" for i in range(3)], "label": [0, 1, 2]}  # plain strings
+    features = datasets.Features(
+        {"image": datasets.Value("string"), "label": datasets.Value("int64")}
+    )
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(saved)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    data = ["dataset=disk", f"dataset.path={saved}", "dataset.classes=imagenet-1k"]
+    result = run.evaluate(config(*data, "model.weights=none"), tmp_path / "out")
+    frame = pd.read_parquet(tmp_path / "out" / rundir.PREDICTIONS)
+    assert result["n_errors"] == 0 and frame["id"].tolist() == rows["image"]
+
+
+def test_absolute_paths_outside_the_dataset_need_dataset_image_roots(config, tmp_path):
+    """An absolute image path outside the dataset's folders is an error row by default;
+    dataset.image_roots names the folders such paths may lead into."""
+    import datasets
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    for i in range(2):
+        (shared / f"{i}.jpg").write_bytes(jpeg(photo(i)))
+    rows = {"image": [{"bytes": None, "path": str(shared / f"{i}.jpg")} for i in range(2)]}
+    rows["label"] = [0, 1]
+    path = tmp_path / "data" / "val.parquet"
+    path.parent.mkdir()
+    hub_dataset(rows, label=datasets.Value("int64")).to_parquet(path)
+    data = ["dataset=parquet", f"dataset.data_files={path}", "dataset.classes=imagenet-1k"]
+    with pytest.raises(UserError, match="none of its 2 images could be scored"):
+        run.evaluate(config(*data, "model.weights=none"), tmp_path / "a")
+    errors = pd.read_parquet(tmp_path / "a" / rundir.PREDICTIONS)["error"].tolist()
+    assert errors == ["path outside the dataset (dataset.image_roots allows a folder)"] * 2
+    allowed = config(*data, "model.weights=none", f"dataset.image_roots=[{shared}]")
+    assert run.evaluate(allowed, tmp_path / "b")["n_errors"] == 0
+
+
+@pytest.mark.parametrize("split", ["validation", "validation[:10]", "train+validation"])
+def test_a_split_the_data_lacks_is_refused_naming_its_splits(imagefolder, split):
+    """dataset.split naming a split the data lacks is one line naming the splits it has,
+    and, when there is only one, that leaving dataset.split unset uses it."""
+    with pytest.raises(
+        UserError,
+        match=r"has no split 'validation'; its splits: train; leaving dataset.split unset "
+        r"uses its only split, 'train'",
+    ):
+        load(str(imagefolder), split=split)

@@ -13,8 +13,8 @@ from PIL import Image
 from torchvision.models import AlexNet_Weights
 
 from pipeline import inference, run, transforms
-from pipeline.config import UserError
-from pipeline.transforms import Roots
+from pipeline.errors import UserError
+from pipeline.images import Roots
 
 TRANSFORMS = AlexNet_Weights.IMAGENET1K_V1.transforms()
 PIL_PRE = transforms.Preprocess.from_transforms(TRANSFORMS, "pil")

@@ -18,10 +18,10 @@ from PIL import Image
 from torchvision.models import AlexNet_Weights
 
 from pipeline import data, inference, run, transforms
-from pipeline.config import UserError
+from pipeline.errors import UserError
+from pipeline.images import Roots
 from pipeline.labels import LabelSpace
 from pipeline.stop import Stopped
-from pipeline.transforms import Roots
 
 BOMB_LIMIT = 100_000  # pixels; the test lowers Pillow's limit instead of building a 90 MP image
 

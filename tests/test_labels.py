@@ -17,7 +17,7 @@ import pytest
 from helpers import categories, hub_dataset, jpeg, photo, wnid
 
 from pipeline import labels, metrics, run, rundir
-from pipeline.config import UserError
+from pipeline.errors import UserError
 from pipeline.labels import LabelSpace, class_id, imagenet_classes
 
 SPRINGER, GOLDFISH, TENCH = 217, 1, 0
@@ -56,14 +56,21 @@ def test_imagenette_folders_are_scored_as_imagenet_classes(config, tmp_path, ans
     assert (result["label_space"], result["restricted"]) == ("subset:10", True)
 
 
-def test_a_partial_imagenet_folder_keeps_1000_classes(config, tmp_path, answering):
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_partial_imagenet_folder_keeps_1000_classes(config, tmp_path, answering, streaming):
     """A copy of ImageNet's val folder with empty class folders is still ImageNet-1k
-    (torchvision's ImageFolder counts empty folders; datasets' positions do not)."""
+    (torchvision's ImageFolder counts empty folders; datasets' positions do not), streamed
+    or not: same data, same label space, same numbers."""
     present = [wnid(c) for c in (TENCH, GOLDFISH, SPRINGER)]
     empty = [w for w in imagenet_classes()[0] if w not in present]
     root = folder_of(tmp_path, present, empty=empty)
     result, frame = scored(
-        config, tmp_path, "dataset=imagefolder", f"dataset.path={root}", answering(GOLDFISH)
+        config,
+        tmp_path,
+        "dataset=imagefolder",
+        f"dataset.path={root}",
+        answering(GOLDFISH),
+        f"dataset.streaming={streaming}",
     )
     assert (result["label_space"], result["restricted"]) == ("imagenet-1k", False)
     assert frame.loc[frame["correct_top1"], "label"].tolist() == [GOLDFISH, GOLDFISH]
@@ -145,17 +152,21 @@ def test_string_labels_are_matched_by_name(config, tmp_path, answering):
     assert result["top1"] == pytest.approx(100 / 3) and result["n_labeled"] == 3
 
 
-def webdataset(root, labels: list[int], image_key: str = "webp"):
-    """clip-benchmark's layout: test/N.tar shards of <key>.cls + <key>.<image>, classnames.txt."""
+def webdataset(root, labels: list[int], image_key: str = "webp", shards: int = 1, keys=None):
+    """clip-benchmark's layout: test/N.tar shards of <key>.cls + <key>.<image>, classnames.txt
+    (`keys`: each shard's own image key)."""
     (root / "test").mkdir(parents=True)
-    with tarfile.open(root / "test" / "0.tar", "w") as tar:
-        for i, label in enumerate(labels):
-            buf = io.BytesIO()
-            photo(i, (80, 64)).save(buf, "WEBP" if image_key == "webp" else "JPEG")
-            for suffix, data in (("cls", str(label).encode()), (image_key, buf.getvalue())):
-                info = tarfile.TarInfo(f"s{i:07d}.{suffix}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+    per_shard = -(-len(labels) // shards)
+    for shard in range(shards):
+        key = keys[shard] if keys else image_key
+        with tarfile.open(root / "test" / f"{shard}.tar", "w") as tar:
+            for i in range(shard * per_shard, min(len(labels), (shard + 1) * per_shard)):
+                buf = io.BytesIO()
+                photo(i, (80, 64)).save(buf, "WEBP" if key == "webp" else "JPEG")
+                for suffix, data in (("cls", str(labels[i]).encode()), (key, buf.getvalue())):
+                    info = tarfile.TarInfo(f"s{i:07d}.{suffix}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
     (root / "classnames.txt").write_text("first class\nsecond class\n")
     (root / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\n")
     return root
@@ -191,6 +202,26 @@ def test_robustness_suite_configs_on_local_replicas(
     assert frame["dataset_label"].tolist() == cls
     hits = [label == SPRINGER for label in expected]
     assert frame["correct_top1"].tolist() == hits or result["restricted"]
+
+
+@pytest.mark.parametrize(
+    ("keys", "errors"), [(["jpg", "jpg", "jpg"], 0), (["jpg", "webp", "jpg"], 3)]
+)
+def test_streamed_webdataset_shards_equal_the_loaded_split(
+    config, tmp_path, answering, keys, errors
+):
+    """Streaming webdataset shards (a chunk spanning 3 shards, whose tables `datasets` hands
+    over with their columns in another order; a shard under another image key) scores the
+    same rows, labels, predictions and error rows as loading the split first."""
+    root = webdataset(tmp_path / "wds", [0, 217, 999, 217, 5, 1, 217], shards=3, keys=keys)
+    frames = []
+    for streaming in (False, True):
+        out = tmp_path / f"streaming-{streaming}"
+        overrides = ["dataset=imagenet-v2", f"dataset.path={root}", answering(SPRINGER)]
+        result = run.evaluate(config(*overrides, f"dataset.streaming={streaming}"), out)
+        frames.append(pd.read_parquet(out / rundir.PREDICTIONS))
+        assert result["n_images"] == 7 and result["n_errors"] == errors
+    pd.testing.assert_frame_equal(frames[0], frames[1])
 
 
 def test_imagenette_config_on_a_replica_of_the_parquet_export(config, tmp_path, answering):
@@ -283,6 +314,47 @@ def test_dataset_classes_declares_what_labels_mean(config, tmp_path, answering):
     assert frame["label"].tolist() == [TENCH, GOLDFISH, SPRINGER]
 
 
+def int_labels(tmp_path, labels: list[int]) -> list[str]:
+    """Overrides for a Parquet split with these plain integer labels."""
+    import datasets
+
+    rows = {"image": [{"bytes": jpeg(photo(i)), "path": f"{i}.jpg"} for i in range(len(labels))]}
+    rows["label"] = labels
+    path = tmp_path / "ints.parquet"
+    hub_dataset(rows, label=datasets.Value("int64")).to_parquet(path)
+    return ["dataset=parquet", f"dataset.data_files={path}", "model.weights=none"]
+
+
+def test_a_class_list_that_names_a_class_twice_is_refused(config, tmp_path):
+    """A class list names each class once, in label order: a repeated line (which shifts
+    every later label) or two names of one class is refused, naming both entries."""
+    data = int_labels(tmp_path, [0, 1, 2])
+    listing = tmp_path / "classes.txt"
+    listing.write_text(f"{wnid(TENCH)}\ngoldfish\n{wnid(TENCH)}\n")
+    with pytest.raises(
+        UserError, match=r"classes.txt: entry 2 \('n01440764'\) is the class of entry 0"
+    ):
+        run.evaluate(config(*data, f"dataset.classes={listing}"), tmp_path / "a")
+    with pytest.raises(
+        UserError, match=r"entry 1 \('n01440764'\) is the class of entry 0 \('tench'\)"
+    ):
+        run.evaluate(config(*data, f"dataset.classes=[tench,{wnid(TENCH)},217]"), tmp_path / "b")
+
+
+def test_a_json_map_needs_only_the_labels_present(config, tmp_path, answering):
+    """A JSON map of label values names the labels the data holds, not every number up to
+    the largest; a label present in the data but not in the map is refused by row."""
+    mapping = tmp_path / "map.json"
+    mapping.write_text(json.dumps({"0": "tench", "5": "goldfish", "9": 217}))
+    data = [*int_labels(tmp_path, [0, 5, 9, 5]), answering(GOLDFISH)]
+    result, frame = scored(config, tmp_path, *data, f"dataset.classes={mapping}")
+    assert frame["label"].tolist() == [TENCH, GOLDFISH, SPRINGER, GOLDFISH]
+    assert result["label_space"] == "subset:3" and result["top1"] == pytest.approx(50.0)
+    data = [*int_labels(tmp_path / "b", [0, 3]), answering(GOLDFISH)]
+    with pytest.raises(UserError, match=r"Label 3 at row 1 is not in the map"):
+        run.evaluate(config(*data, f"dataset.classes={mapping}"), tmp_path / "c")
+
+
 def test_the_full_list_of_names_is_the_identity_despite_duplicates():
     """All 1000 ILSVRC long names in order are ids 0..999, though 'crane' is there twice."""
     assert labels.map_names(list(imagenet_classes()[1]), "names") == tuple(range(1000))
@@ -358,18 +430,25 @@ def test_symlinked_images_belong_to_the_folder_that_lists_them(config, tmp_path,
     assert sorted(frame["id"]) == sorted(expected)
 
 
-def real_json(tmp_path, sets):
+def real_json(tmp_path, sets, size=50_000):
+    """A real.json of `size` entries: `sets` first, empty sets after."""
     path = tmp_path / "real.json"
-    path.write_text(json.dumps(sets))
+    path.write_text(json.dumps(sets + [[]] * (size - len(sets))))
     return path
 
 
 def test_imagenet_real_labels_add_real_top1(config, tmp_path, answering):
     """metrics.real_labels adds real_top1 (top-1 in the image's ReaL set; empty sets left
-    out) and a real_correct column, matched by val file name."""
+    out) and a real_correct column, matched by the val number of every name form: the
+    release's, the hub's with its wnid, and a webdataset key without an extension."""
     import datasets
 
-    names = [f"ILSVRC2012_val_{k:08d}.JPEG" for k in (3, 1, 2, 4)]
+    names = [
+        "ILSVRC2012_val_00000003.JPEG",
+        f"ILSVRC2012_val_00000001_{wnid(TENCH)}.JPEG",
+        f"val/ILSVRC2012_val_00000002_{wnid(SPRINGER)}.JPEG",
+        "ILSVRC2012_val_00000004",
+    ]
     rows = {"image": [{"bytes": jpeg(photo(i)), "path": n} for i, n in enumerate(names)]}
     rows["label"] = [SPRINGER, TENCH, SPRINGER, SPRINGER]
     path = tmp_path / "val.parquet"
@@ -394,18 +473,44 @@ def test_imagenet_real_labels_add_real_top1(config, tmp_path, answering):
     assert result["top1"] == pytest.approx(75.0)
 
 
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ([[0]] * 49_999, "it has 49999 entries, not 50,000"),
+        ([[0]] * 50_001, "it has 50001 entries, not 50,000"),
+        ([[True]] + [[]] * 49_999, "entry 0 is \\[true\\]"),
+        ([[]] * 7 + [[1000]] + [[]] * 49_992, "entry 7 is \\[1000\\]"),
+        ([[]] * 9 + [3] + [[]] * 49_990, "entry 9 is 3"),
+        ({"not": "a list"}, "it holds a JSON dict"),
+    ],
+)
+def test_a_real_file_of_another_shape_is_refused(config, tmp_path, entries, message):
+    """real.json must hold exactly 50,000 lists of class ids 0..999: one entry short or over
+    would shift every image onto another's labels, and true is not class 1."""
+    real = tmp_path / "real.json"
+    real.write_text(json.dumps(entries))
+    with pytest.raises(UserError, match=f"is not a ReaL file.*{message}"):
+        run.evaluate(config("model.weights=none", f"metrics.real_labels={real}"), tmp_path / "o")
+
+
 def test_real_labels_refuse_rows_that_are_not_val_images(config, tmp_path):
-    """ReaL labels fit only ImageNet val: a row without a val file name, a missing file or a
-    file of another shape is one clear line."""
+    """ReaL labels fit only ImageNet val: a row without a val file name, a name whose wnid
+    is not its row's label, or a missing file is one clear line."""
+    import datasets
+
     real = real_json(tmp_path, [[0]] * 3)
     base = ["model.weights=none"]
     with pytest.raises(UserError, match=r"row 0 is 'chelsea.jpg', not an ImageNet val file name"):
         run.evaluate(config(*base, f"metrics.real_labels={real}"), tmp_path / "a")
     with pytest.raises(UserError, match="cannot read it"):
         run.evaluate(config(*base, f"metrics.real_labels={tmp_path / 'nope.json'}"), tmp_path / "b")
-    real.write_text('{"not": "a list"}')
-    with pytest.raises(UserError, match="is not a ReaL file"):
-        run.evaluate(config(*base, f"metrics.real_labels={real}"), tmp_path / "c")
+    name = f"ILSVRC2012_val_00000001_{wnid(TENCH)}.JPEG"
+    rows = {"image": [{"bytes": jpeg(photo(0)), "path": name}], "label": [SPRINGER]}
+    path = tmp_path / "val.parquet"
+    hub_dataset(rows, label=datasets.ClassLabel(names=categories())).to_parquet(path)
+    data = ["dataset=parquet", f"dataset.data_files={path}", f"metrics.real_labels={real}"]
+    with pytest.raises(UserError, match=f"named for class {wnid(TENCH)}, but its label is 217"):
+        run.evaluate(config(*base, *data), tmp_path / "c")
 
 
 def test_published_numbers_are_checked_only_on_the_full_val_split():
@@ -419,18 +524,21 @@ def test_published_numbers_are_checked_only_on_the_full_val_split():
         "n_scored": 50_000,
         "n_labeled": 50_000,
         "limit": None,
-        "shard": "0/1",
+        "dataset_rows": 50_000,
         "split": "validation",
         "top1": 56.522,
         "top5": 79.066,
     }
-    line = metrics.published_check(row)
+    line = metrics.published_check(row | metrics.published(row))
     assert "top-1 56.522, top-5 79.066; this run +0.000 / +0.000" in line and "WARNING" not in line
-    assert "WARNING" in metrics.published_check(row | {"top1": 56.3})
+    off = row | {"top1": 56.3}
+    assert "WARNING" in metrics.published_check(off | metrics.published(off))
     for other in (
         {"n_images": 49_999},
+        {"dataset_rows": 100_000},
         {"weights": "none"},
         {"label_space": "subset:200"},
         {"limit": 10},
     ):
-        assert metrics.published_check(row | other) is None
+        assert metrics.published(row | other) == {"published_top1": None, "published_top5": None}
+        assert metrics.published_check(row | other | metrics.published(row | other)) is None

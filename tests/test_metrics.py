@@ -8,13 +8,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from pipeline import metrics, write
+from pipeline import inference, metrics, write
 
 
 def test_topk_is_best_first_with_softmax_probs():
     """topk returns class ids best first and their softmax probabilities."""
     logits = torch.tensor([[0.0, 3.0, 1.0, 2.0, -1.0, 5.0, 4.0]])
-    ids, probs = metrics.topk(logits)
+    ids, probs = inference.topk(logits)
     assert ids.tolist() == [[5, 6, 1, 3, 2]]
     assert torch.allclose(probs, logits.softmax(-1)[0, [5, 6, 1, 3, 2]][None])
 
@@ -22,7 +22,7 @@ def test_topk_is_best_first_with_softmax_probs():
 def test_hits_count_top1_and_top5():
     """A label at rank 1 is a top-1 and top-5 hit; at rank 4 only top-5; absent, neither."""
     ids = torch.tensor([[7, 1, 2, 3, 4], [1, 2, 3, 7, 5], [1, 2, 3, 4, 5], [1, 2, 3, 4, 5]])
-    top1, top5 = metrics.hits(ids, torch.tensor([7, 7, 9, -1]))
+    top1, top5 = inference.hits(ids, torch.tensor([7, 7, 9, -1]))
     assert top1.tolist() == [True, False, False, False]
     assert top5.tolist() == [True, True, False, False]
 

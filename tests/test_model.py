@@ -13,7 +13,7 @@ import torchvision
 from safetensors.torch import save_file
 
 from pipeline import model
-from pipeline.config import UserError
+from pipeline.errors import UserError
 from pipeline.model import load_model
 
 VALID_SHA = "0" * 64

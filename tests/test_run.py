@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
 import torchvision
-from helpers import LABELS, run_cli
+from helpers import LABELS, run_cli, snapshot, user_files
 from torchvision.models import AlexNet_Weights
 
 from pipeline.labels import imagenet_classes
@@ -107,23 +109,102 @@ def test_cli_runs_the_bundled_sample(repo_root, tmp_path):
     assert (out / ".hydra" / "config.yaml").exists() and (out / "pipeline.log").exists()
 
 
+EARLY = [  # refused from the command line, in about a second, before Hydra writes anything
+    (["dataset=nope"], "dataset=nope is not a config of dataset/; valid: disk, imagefolder"),
+    (["dataset=imagenet_val"], "Did you mean 'imagenet-val'?"),
+    (["batchsize=8"], "Did you mean 'batch_size'"),
+    (["+batchsize=8"], "Unknown config key 'batchsize'. Did you mean 'batch_size'?"),
+    (["+foo=1"], "Unknown config key 'foo'"),
+    (["batch_size=abc"], "batch_size=abc; it must be an integer"),
+    (["limit=1.5"], "limit=1.5; it must be an integer"),
+    (["limit=0"], "limit=0 scores nothing"),
+    (["backend=cuda"], "backend=cuda; valid: pil, tensor, device"),
+    (["dataset=imagefolder"], "dataset.path is required here: add dataset.path=..."),
+    (["dataset=disk"], "dataset.path is required here"),
+    (["-m", "batch_size=4,abc"], "batch_size=abc; it must be an integer"),
+]
+LATER = [  # found once the run has started
+    (["device=cuda:0"], "CUDA is not available"),
+    (["model.weights=/no/such.pth"], "neither a weights name"),
+    (["dataset.image_column=img"], "columns present: image, label, id"),
+    (["streams=0"], "valid: auto or a count"),
+]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["dataset=nope"], "Could not find 'dataset/nope'"),
-        (["batchsize=8"], "Did you mean 'batch_size'"),
-        (["device=cuda:0"], "CUDA is not available"),
-        (["model.weights=/no/such.pth"], "neither a weights name"),
-        (["dataset.image_column=img"], "columns present: image, label, id"),
-        (["streams=0"], "valid: auto or a count"),
-    ],
+    ("args", "message", "early"),
+    [(*case, True) for case in EARLY] + [(*case, False) for case in LATER],
 )
-def test_cli_mistakes_are_one_line_without_traceback(repo_root, tmp_path, args, message):
-    """Each user mistake exits non-zero with a clear message and no traceback."""
+def test_cli_mistakes_are_one_line_without_traceback(repo_root, tmp_path, args, message, early):
+    """Each user mistake exits with status 2 and one error line saying what is valid, no
+    traceback; a mistake on the command line is refused before anything is written."""
     if args == ["device=cuda:0"] and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    proc = run_cli(["model.weights=none", *args, f"hydra.run.dir={tmp_path}"], cwd=repo_root)
-    assert proc.returncode != 0
+    out = tmp_path / "out"
+    flags = [a for a in args if a.startswith("-")]
+    where = f"hydra.sweep.dir={out}" if "-m" in flags else f"hydra.run.dir={out}"
+    rest = [a for a in args if not a.startswith("-")]
+    proc = run_cli([*flags, "model.weights=none", *rest, where], cwd=repo_root)
+    assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
+        next(line for line in proc.stderr.splitlines() if message in line)
+    ]
+    if early:
+        assert not out.exists() and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_folder_of_the_users_before_writing_into_it(repo_root, tmp_path):
+    """output_dir naming a folder of the user's (or output_dir=. from one, or an empty
+    output_dir=) exits 2 in one line naming what is there, before Hydra writes its .hydra/
+    and log: every file of the user's is byte-identical afterwards."""
+    mine = tmp_path / "mine"
+    user_files(mine, {"parts/notes.md": b"my notes", "draft.tmp": b"mine", "a.txt": b"x"})
+    before = snapshot(mine)
+    for args, cwd in (["output_dir=."], mine), ([f"output_dir={mine}"], repo_root):
+        proc = run_cli(["model.weights=none", *args], cwd=cwd)
+        assert proc.returncode == 2, proc.stderr
+        assert "is not empty and not a run folder of this pipeline" in proc.stderr
+        assert "a.txt, draft.tmp, parts" in proc.stderr and "Traceback" not in proc.stderr
+        assert snapshot(mine) == before and not (mine / ".hydra").exists()
+    proc = run_cli(["model.weights=none", "output_dir="], cwd=mine)
+    assert proc.returncode == 2 and "output_dir= is empty" in proc.stderr
+    assert snapshot(mine) == before
+
+
+@pytest.fixture
+def unwritable(request, tmp_path):
+    """A folder under which outputs/ cannot be made or written, even by root: a read-only
+    mount (where this machine lets us mount), or a plain file named outputs in the way."""
+    if request.param == "file-in-the-way":
+        (tmp_path / "outputs").write_text("a file, not a folder")
+        yield tmp_path
+        return
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(ro)]
+    mounted = subprocess.run(mount, capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.strip()}")
+    yield ro
+    subprocess.run(["umount", str(ro)], check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("unwritable", ["file-in-the-way", "read-only-mount"], indirect=True)
+def test_cli_an_unwritable_output_folder_is_one_line(repo_root, unwritable):
+    """An output folder that cannot be made or written (output_dir, or Hydra's outputs/
+    under the folder the run starts in) exits 2 in one line, without the traceback of
+    Hydra's logging set-up."""
+    cases = [
+        (["model.weights=none", f"output_dir={unwritable}/outputs/run"], repo_root),
+        (["model.weights=none"], unwritable),
+    ]
+    for args, cwd in cases:
+        proc = run_cli(args, cwd=cwd)
+        assert proc.returncode == 2, proc.stderr
+        assert "Cannot write to output folder" in proc.stderr and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -16,12 +16,14 @@ from helpers import (
     jpeg,
     photo,
     photo_split,
+    snapshot,
     split_args,
     uninterrupted,
+    user_files,
 )
 
 from pipeline import inference, run, rundir, write
-from pipeline.config import UserError
+from pipeline.errors import UserError
 from pipeline.merge import merge_shards
 from pipeline.rundir import Part, cover
 from pipeline.stop import Stopped
@@ -132,12 +134,13 @@ def test_parts_with_gaps_overlaps_and_damage_are_finished_exactly(
     table = pq.read_table(whole)
     parts = tmp_path / "out" / "parts"
     parts.mkdir(parents=True)
+    (parts.parent / rundir.RUN_FILE).write_bytes((whole.parent / rundir.RUN_FILE).read_bytes())
     for a, b in [(0, 5), (3, 9), (12, 13), (20, 31)]:  # overlap 3..5; gaps 9..12, 13..20, 31..40
         pq.write_table(table.slice(a, b - a), parts / rundir.PART_NAME.format(a, b))
     damaged = parts / rundir.PART_NAME.format(13, 17)
     pq.write_table(table.slice(13, 4), damaged)
     damaged.write_bytes(damaged.read_bytes()[:-20])  # footer cut off
-    (parts / ".part-000000000017-000000000020.parquet.123-abc.tmp").write_bytes(b"half")
+    (parts / ".part-000000000017-000000000020.parquet.123-abc123.tmp").write_bytes(b"half")
     launched = []
     monkeypatch.setattr(inference, "launch", counting(inference.launch, launched))
     run.evaluate(config(*args), tmp_path / "out")
@@ -195,10 +198,70 @@ def test_a_second_run_into_a_held_folder_fails_at_once(config, args, tmp_path, m
     assert not (out / rundir.ERROR_FILE).exists()
 
 
-def snapshot(root: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
-    }
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (
+            {"parts/notes.md": b"my notes", "draft.tmp": b"mine", ".cache.tmp": b"also mine"},
+            r"is not empty and not a run folder of this pipeline \(no run.json\): it holds "
+            r"\.cache\.tmp, draft\.tmp, parts; use a new or empty output_dir",
+        ),
+        (
+            {"metrics.parquet": b"PAR1 stray", "predictions.parquet": b"12345"},
+            r"not a run folder of this pipeline \(no run.json\): it holds metrics.parquet, "
+            r"predictions.parquet",
+        ),
+        (
+            {"run.json": b'{"mine": true}', "parts/part-000000000000-000000000004.parquet": b"x"},
+            r"run.json is not this pipeline's run record",
+        ),
+    ],
+    ids=["user-files", "outputs-without-run-json", "foreign-run-json"],
+)
+def test_a_folder_that_is_not_a_run_folder_is_refused_untouched(
+    config, args, tmp_path, files, message
+):
+    """A folder holding files this pipeline cannot prove it wrote is refused in one line
+    naming them, before anything is written there: every file is byte-identical after, and
+    outputs without a run.json are never taken for a finished run."""
+    out = tmp_path / "mine"
+    user_files(out, files)
+    before = snapshot(out)
+    with pytest.raises(UserError, match=message):
+        run.evaluate(config(*args), out)
+    rundir.record_error(out, "must not be written")
+    assert snapshot(out) == before and sorted(os.listdir(out)) == sorted(
+        {n.split("/")[0] for n in files}
+    )
+
+
+def test_user_files_in_a_run_folder_outlive_its_resume(config, args, tmp_path, whole):
+    """In a run folder of this pipeline, a resume removes only its own parts and temporary
+    files: the user's files beside them (named like temporaries or parts, even in
+    parts/damaged/) are byte-identical after the run finishes, and parts/ stays for them."""
+    out = tmp_path / "out"
+    user_files(
+        out,
+        {
+            "notes.txt": b"mine",
+            "draft.tmp": b"mine too",
+            "parts/notes.md": b"notes",
+            "parts/part-notes.parquet": b"not a part",
+            "parts/.part-x.parquet.tmp": b"mine, not a temporary of the pipeline",
+            "parts/damaged/why.txt": b"my own notes on damage",
+        },
+    )
+    mine = snapshot(out)
+    (out / rundir.RUN_FILE).write_bytes((whole.parent / rundir.RUN_FILE).read_bytes())
+    table = pq.read_table(whole)
+    pq.write_table(table.slice(0, 8), out / "parts" / rundir.PART_NAME.format(0, 8))
+    (out / "parts" / ".part-000000000008-000000000012.parquet.77-a1b2c3.tmp").write_bytes(b"x")
+    run.evaluate(config(*args), out)
+    assert_same_predictions(out / rundir.PREDICTIONS, whole)
+    after = snapshot(out)
+    assert {k: after[k] for k in mine} == mine
+    assert not [n for n in after if rundir.PART_RE.fullmatch(n.rsplit("/", 1)[-1])]
+    assert not [n for n in after if rundir.TMP_RE.fullmatch(n.rsplit("/", 1)[-1])]
 
 
 def test_merge_refusals_leave_every_file_as_it_was(config, args, tmp_path):
@@ -214,7 +277,7 @@ def test_merge_refusals_leave_every_file_as_it_was(config, args, tmp_path):
     (unfinished / rundir.RUN_FILE).write_text((shards[1] / rundir.RUN_FILE).read_text())
     before = snapshot(tmp_path)
     cases = [
-        (tmp_path / "done", shards, "already holds a run"),
+        (tmp_path / "done", shards, r"holds a run made under other settings \(limit: 30 -> None"),
         (shards[0], shards, "is one of the shards"),
         (tmp_path / "m1", [shards[0], unfinished], "is not finished"),
         (tmp_path / "m2", [shards[0], shards[1], shards[1]], "overlap at row 40"),
@@ -225,6 +288,18 @@ def test_merge_refusals_leave_every_file_as_it_was(config, args, tmp_path):
             merge_shards(target, inputs)
     assert snapshot(tmp_path) == before
     assert not any((tmp_path / f"m{i}").exists() for i in (1, 2, 3))
+
+
+def test_a_merge_into_a_held_folder_fails_at_once(config, args, tmp_path):
+    """merge takes the target's lock like a run: while another holds it, the merge fails
+    naming the holder, and writes nothing."""
+    shards = [tmp_path / f"s{i}" for i in range(2)]
+    for i, d in enumerate(shards):
+        run.evaluate(config(*args, f"shard.index={i}", "shard.count=2"), d)
+    target = tmp_path / "merged"
+    with rundir.open_folder(target), pytest.raises(rundir.FolderBusy, match="in use by"):
+        merge_shards(target, shards)
+    assert sorted(os.listdir(target)) == [rundir.LOCK]
 
 
 def test_shards_merge_into_the_single_run(config, args, tmp_path, whole):

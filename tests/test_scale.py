@@ -15,7 +15,7 @@ import pytest
 from helpers import assert_same_predictions, photo_split, run_cli, split_args, uninterrupted
 
 from pipeline import run, rundir, write
-from pipeline.config import UserError
+from pipeline.errors import UserError
 from pipeline.summarize import summarize
 
 N_BIG = 320
@@ -44,6 +44,34 @@ def test_resume_refuses_other_settings(config, tmp_path, parquet_file):
     run.evaluate(config(*data, "limit=5"), tmp_path / "out")
     with pytest.raises(UserError, match=r"limit: 5 -> 6"):
         run.evaluate(config(*data, "limit=6"), tmp_path / "out")
+
+
+def test_resume_compares_what_changes_results_not_names(
+    config, tmp_path, imagefolder, peaked_checkpoint, capsys
+):
+    """A byte-identical checkpoint at another path, and dataset.classes listing the very
+    folder names the run read, are the same run (the sha256 and the resolved label map
+    count; a path and how labels were given are runtime); other weights are refused."""
+    import shutil
+
+    import torch
+
+    data = ["dataset=imagefolder", f"dataset.path={imagefolder}"]
+    out = tmp_path / "out"
+    run.evaluate(config(*data, f"model.weights={peaked_checkpoint}"), out)
+    copy = tmp_path / "elsewhere" / "copy.pth"
+    copy.parent.mkdir()
+    shutil.copy(peaked_checkpoint, copy)
+    names = ",".join(sorted(p.name for p in imagefolder.iterdir()))
+    capsys.readouterr()
+    run.evaluate(config(*data, f"model.weights={copy}", f"dataset.classes=[{names}]"), out)
+    assert "already complete" in capsys.readouterr().out
+    other = tmp_path / "other.pth"
+    state = torch.load(peaked_checkpoint, weights_only=True)
+    state["classifier.6.bias"] += 1
+    torch.save(state, other)
+    with pytest.raises(UserError, match=r"other settings \(weights_sha256: '[0-9a-f]{64}' -> "):
+        run.evaluate(config(*data, f"model.weights={other}"), out)
 
 
 def test_finished_run_is_not_redone(config, tmp_path, parquet_file, monkeypatch, capsys):
@@ -290,3 +318,39 @@ def test_a_sweep_whose_first_job_fails_runs_the_rest(repo_root, tmp_path):
         [sys.executable, "-m", "pipeline.summarize", str(sweep)], capture_output=True, text=True
     )
     assert out.returncode == 0 and "unfinished" in out.stdout and "failed" in out.stdout
+
+
+@pytest.mark.slow
+def test_a_merge_killed_at_any_moment_is_finished_by_running_it_again(
+    config, repo_root, tmp_path, big_args, big_whole
+):
+    """`python -m pipeline.merge` killed (SIGKILL, SIGTERM) just after predictions.parquet
+    lands and at random moments is finished by running it again: the target is a run
+    folder like any other, equal row for row to an uninterrupted run."""
+    shards = [tmp_path / f"s{i}" for i in range(3)]
+    for i, shard in enumerate(shards):
+        run.evaluate(config(*big_args, f"shard.index={i}", "shard.count=3"), shard)
+    target = tmp_path / "merged"
+    merge = [sys.executable, "-m", "pipeline.merge", str(target), *map(str, shards)]
+    rng, seen = random.Random(11), []
+    for k, sig in enumerate((signal.SIGKILL, signal.SIGTERM, signal.SIGKILL, signal.SIGTERM)):
+        proc = subprocess.Popen(
+            merge, cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        if k == 0:  # the bad moment: predictions written, metrics not yet
+            while proc.poll() is None and not (target / rundir.PREDICTIONS).exists():
+                time.sleep(0.001)
+        else:
+            time.sleep(rng.uniform(0.0, 2.5))
+        proc.send_signal(sig)
+        proc.communicate(timeout=60)
+        state = sorted(p.name for p in target.iterdir()) if target.exists() else []
+        seen.append((sig.name, proc.returncode, state))
+    assert rundir.PREDICTIONS in seen[0][2] and rundir.METRICS not in seen[0][2], seen
+    final = subprocess.run(merge, cwd=repo_root, capture_output=True, text=True)
+    assert final.returncode == 0, final.stderr
+    assert_same_predictions(target / rundir.PREDICTIONS, big_whole)
+    assert pd.read_parquet(target / rundir.METRICS)["n_images"].iloc[0] == N_BIG
+    again = subprocess.run(merge, cwd=repo_root, capture_output=True, text=True)
+    assert again.returncode == 0 and "already holds this merge" in again.stdout
+    print("merge kills:", seen)
