@@ -339,10 +339,12 @@ def model_only(batch_size: int, device: str, amp: str, seconds: float) -> float:
     import torch
     import torchvision
 
-    from pipeline.inference import resolve_streams, threads_per_stream
+    from pipeline.inference import threads_per_stream
+    from pipeline.settings import resolve_streams
 
     dev = torch.device(device)
-    streams = resolve_streams("auto", dev, compile=False)
+    threads = torch.get_num_threads()
+    streams = resolve_streams("auto", dev, compile=False, threads=threads)
     net = torchvision.models.alexnet().eval().to(dev).to(memory_format=torch.channels_last)
     dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
     window: list[float] = []
@@ -368,7 +370,7 @@ def model_only(batch_size: int, device: str, amp: str, seconds: float) -> float:
                 torch.cuda.synchronize()
         counts.append(n)
 
-    with threads_per_stream(streams, dev):
+    with threads_per_stream(streams, threads, dev):
         threads = [threading.Thread(target=stream) for _ in range(streams)]
         for t in threads:
             t.start()
@@ -382,10 +384,11 @@ def decode_per_worker(corpus: Path, backend: str, count: int = 300) -> float:
     import torch
     from torchvision.models import AlexNet_Weights
 
+    from pipeline.config import Backend
     from pipeline.images import Roots
     from pipeline.transforms import Preprocess
 
-    pre = Preprocess.from_transforms(AlexNet_Weights.IMAGENET1K_V1.transforms(), backend)
+    pre = Preprocess.from_transforms(AlexNet_Weights.IMAGENET1K_V1.transforms(), Backend(backend))
     raws = [f.read_bytes() for f in sorted(corpus.glob("*/*.JPEG"))[:count]]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a DataLoader worker

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The GPU check, one command, under 5 minutes on one H200 with 16 cores: preflight
-# (CUDA, imports, /dev/shm, disk) before any other work, a 20,000-image corpus built in
-# parallel, then every mode side by side with the reference loop (in-loop and
-# whole-process times apart), the ceiling, and the start-up comparison. Append the
-# output, with date and hardware, to benchmarks/RESULTS.md.
+# The GPU check, one command, under 5 minutes on one H200 with 16 cores: the gpu-marked
+# tests (where pytest is installed), preflight (CUDA, imports, /dev/shm, disk) before any
+# other work, a 20,000-image corpus built in parallel, then every mode side by side with
+# the reference loop (in-loop and whole-process times apart), the ceiling, and the
+# start-up comparison. Append the output, with date and hardware, to benchmarks/RESULTS.md.
 #
 #   bash benchmarks/gpu.sh 2>&1 | tee gpu.log
 #   bash benchmarks/gpu.sh --dry-run      # the same steps on CPU, tiny, < 3 minutes
@@ -19,6 +19,10 @@ if [[ "${1:-}" == "--dry-run" ]]; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 echo "cores: $(nproc)"
+# the CUDA paths against the CPU reference first (tests/test_gpu.py), if pytest is there
+if python3 -c 'import pytest' 2>/dev/null; then
+    timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py || true
+fi
 timeout 290 python3 benchmarks/bench.py --device cuda --images "${IMAGES:-20000}" --pairs 2 \
     --batch-size 512 --workers "$(nproc)" --memory "" --model-seconds 3 --timeout 120 \
     --work "${WORK:-/tmp/alexnet-eval-bench}"

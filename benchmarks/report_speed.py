@@ -22,7 +22,7 @@ import pyarrow as pa
 
 def fake_run(folder: Path, rows: int, seed: int) -> Path:
     """A finished run folder: predictions with plausible top-5s, metrics, run.json."""
-    from pipeline import labels, metrics, rundir, write
+    from pipeline import labels, metrics, predictions, rundir
 
     label = np.random.default_rng(0).integers(0, 1000, rows)  # the same images: same labels
     rng = np.random.default_rng(seed)
@@ -45,7 +45,7 @@ def fake_run(folder: Path, rows: int, seed: int) -> Path:
             "correct_top5": (topk == label[:, None]).any(1),
             "error": pa.nulls(rows, pa.string()),
         },
-        schema=write.schema(),
+        schema=predictions.schema(),
     )
     folder.mkdir(parents=True)
     (folder / rundir.PREDICTIONS).write_bytes(b"")

@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from pipeline import stop
 
@@ -46,62 +46,77 @@ def leave(code: int | str | None) -> NoReturn:
 def _main() -> None:
     stop.leave_at_once_outside_runs()  # first: the imports below take seconds
     from pipeline import cli
-    from pipeline.errors import UserError, one_line
+    from pipeline.errors import one_line
 
     with one_line():  # before the heavy imports: a mistake is one line within a second
         cli.check_command_line(sys.argv[1:])
-    # The imports create millions of objects that live as long as the process: the full
-    # garbage collections they trigger scan them all, 0.7 s of a 9 s run here. Collect
-    # nothing while importing, then freeze what exists (later collections skip it, and
-    # forked DataLoader workers share it without copying).
-    gc.disable()
-    import datasets  # noqa: F401  (every run loads a split: imported before the freeze)
+    _import_frozen()
     import hydra
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-    from omegaconf import DictConfig, OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
 
-    from pipeline import distributed, rundir, summarize
-    from pipeline.config import CONF_DIR, Config, register
-    from pipeline.run import evaluate
+    from pipeline import summarize
+    from pipeline.config import CONF_DIR, register
 
-    gc.freeze()
-    gc.enable()
     register()
-
-    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-    def run(dcfg: DictConfig) -> None:
-        hydra_cfg = HydraConfig.get()
-        out_dir = Path(dcfg.get("output_dir") or hydra_cfg.runtime.output_dir)
-        in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
-        try:
-            try:
-                cfg: Config = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
-            except OmegaConfBaseException as e:  # another config dir: not checked before
-                raise UserError(str(e).strip().splitlines()[0]) from None
-            evaluate(cfg, out_dir)
-        except stop.Stopped as e:
-            print(str(e), file=sys.stderr)
-            e.hand_over()  # on Slurm, submitit requeues the job here (and exits)
-            sys.exit(e.exit_code)  # a stop ends a sweep too
-        except UserError as e:
-            fail(out_dir, str(e), busy=isinstance(e, rundir.FolderBusy))
-            if not in_sweep:
-                sys.exit(e.exit_code)
-        except Exception as e:  # a bug: recorded, and its traceback kept for us
-            fail(out_dir, f"{type(e).__name__}: {e}")
-            if not in_sweep:
-                raise
-            log.exception("job failed")  # into the job's log file
-        finally:
-            distributed.teardown()
-
-    run()
+    hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_job)()
     if summarize.LAST_SWEEP.get("failed"):
         failed, jobs = summarize.LAST_SWEEP["failed"], summarize.LAST_SWEEP["jobs"]
         print(f"error: {failed} of {jobs} sweep jobs did not finish (table above)", file=sys.stderr)
         sys.exit(1)
+
+
+def _import_frozen() -> None:
+    """Import what every run needs, then freeze it for the garbage collector.
+
+    The imports create millions of objects that live as long as the process: the full
+    garbage collections they trigger scan them all, 0.7 s of a 9 s run here. Collect
+    nothing while importing, then freeze what exists (later collections skip it, and
+    forked DataLoader workers share it without copying).
+    """
+    gc.disable()
+    import datasets  # noqa: F401  (every run loads a split)
+    import hydra  # noqa: F401
+
+    import pipeline.run  # noqa: F401  (torch, torchvision and every stage)
+
+    gc.freeze()
+    gc.enable()
+
+
+def _job(dcfg: Any) -> None:
+    """One job of Hydra's (the only run, or one of a sweep), ended as the module says."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from pipeline import distributed, rundir
+    from pipeline.errors import UserError
+    from pipeline.run import evaluate
+
+    hydra_cfg = HydraConfig.get()
+    out_dir = Path(dcfg.get("output_dir") or hydra_cfg.runtime.output_dir)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        try:
+            cfg = OmegaConf.to_object(dcfg)
+        except OmegaConfBaseException as e:  # another config dir: not checked before
+            raise UserError(str(e).strip().splitlines()[0]) from None
+        evaluate(cfg, out_dir)  # type: ignore[arg-type]
+    except stop.Stopped as e:
+        print(str(e), file=sys.stderr)
+        e.hand_over()  # on Slurm, submitit requeues the job here (and exits)
+        sys.exit(e.exit_code)  # a stop ends a sweep too
+    except UserError as e:
+        fail(out_dir, str(e), busy=isinstance(e, rundir.FolderBusy))
+        if not in_sweep:
+            sys.exit(e.exit_code)
+    except Exception as e:  # a bug: recorded, and its traceback kept for us
+        fail(out_dir, f"{type(e).__name__}: {e}")
+        if not in_sweep:
+            raise
+        log.exception("job failed")  # into the job's log file
+    finally:
+        distributed.teardown()
 
 
 def fail(out_dir: Path, message: str, *, busy: bool = False) -> None:

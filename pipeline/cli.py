@@ -161,6 +161,8 @@ def _value_error(cause: Any, job: list[str]) -> str:
     if "expected one of [" in message:
         valid = message.split("expected one of [", 1)[1].rstrip("]")
         return f"{key}={given}; valid: {valid}"
+    if "is not a valid bool" in message:
+        return f"{key}={given}; it must be true or false"
     if "could not be converted to" in message:
         kind = message.rsplit("converted to ", 1)[1].lower()
         return f"{key}={given}; it must be {'an' if kind[0] in 'aeiou' else 'a'} {kind}"

@@ -56,7 +56,7 @@ class DatasetConfig:
     id_column: str | None = None  # null: the image's file name when it has one
     streaming: bool = False
     classes: Any = None  # what labels mean: imagenet-1k, a list, a file (labels.py)
-    restrict: str = "auto"  # auto: a strict subset of classes restricts outputs | false
+    restrict: bool = True  # a strict subset of the classes restricts the outputs to it
     image_roots: list[str] = field(default_factory=list)  # more folders image paths may reach
 
 
@@ -81,22 +81,28 @@ class ShardConfig:
 
 @dataclass
 class Config:
+    """Every key and its default (conf/config.yaml chooses the groups and sets up Hydra)."""
+
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     batch_size: int = 256
-    num_workers: str = "auto"  # auto or a count
+    # decoding processes; auto: this rank's cores (on CPU half: the model runs on them too)
+    num_workers: str = "auto"
     streams: str = "auto"  # batches run at once; auto: CPU one per core (<= 4), GPU 1
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
     amp: Amp = Amp.auto  # auto: fp16 on CUDA, off elsewhere
+    # pil: the reference pixels exactly | tensor: faster uint8 decode and resize in the
+    # workers | device: JPEGs decoded on the model's device in batches
     backend: Backend = Backend.pil
     channels_last: bool = True
-    compile: bool = False  # torch.compile the model (pays off on long GPU runs)
-    limit: int | None = None  # first N images of the split
+    compile: bool = False  # torch.compile the model: minutes of warm-up, pays off on long runs
+    limit: int | None = None  # score only the first N images of the split
+    # record: an undecodable image gets an `error` row | raise: stop at the first
     on_error: OnError = OnError["record"]  # type: ignore[valid-type]
-    commit_rows: int = 4096  # predictions are committed (survive a kill) every this many rows
-    output_dir: str | None = None  # null: Hydra's run directory
+    commit_rows: int = 4096  # predictions survive a kill in parts of this many rows
+    output_dir: str | None = None  # null: Hydra's run directory; .hydra/ and the log go there
     progress: bool = True
 
 
@@ -157,5 +163,3 @@ def check_values(cfg: Config) -> None:
         )
     if cfg.output_dir == "":
         raise UserError("output_dir= is empty: name the run folder, or leave it unset")
-    if str(cfg.dataset.restrict).lower() not in ("auto", "false"):
-        raise UserError(f"dataset.restrict={cfg.dataset.restrict}; valid: auto or false")

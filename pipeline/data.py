@@ -35,10 +35,9 @@ def _check_labels(
     labels.check(values, [offset + int(p) for p in positions])
 
 
-def imagenet_labels(
-    split: Split, labels: LabelSpace, column: str | None, positions: np.ndarray
-) -> list[int | None]:
+def imagenet_labels(split: Split, labels: LabelSpace, positions: np.ndarray) -> list[int | None]:
     """The ImageNet ids that rows of a loaded split are compared with (checked first)."""
+    column = split.source.label_column
     if column is None:
         return [None] * len(positions)
     _check_labels(split.table, labels, column, positions.tolist(), 0)
@@ -168,7 +167,7 @@ def iter_batches(
     pin_memory: bool,
     chunk_rows: int,
     labels: LabelSpace,
-    **item_args: Any,
+    preprocess: Preprocess,
 ) -> Generator[dict[str, Any], None, None]:
     """Batches of the rows in `todo`, in split order.
 
@@ -178,22 +177,19 @@ def iter_batches(
     before the rows they belong to are scored. The DataLoader's workers are
     shut down when the iteration ends, however it ends.
     """
-    if split.num_rows is not None:
-        chunks: Iterator[tuple[int, Any, Any]] = iter(
-            [(0, split.table, positions_of(todo, split.num_rows))]
-        )
-    else:
-        chunks = _stream_chunks(split, todo=todo, chunk_rows=chunk_rows)
-    for offset, table, positions in chunks:
-        _check_labels(table, labels, item_args["label_column"], positions, offset)
+    columns = split.source
+    for offset, table, positions in _chunks(split, todo, chunk_rows):
+        _check_labels(table, labels, columns.label_column, positions, offset)
         dataset = EvalDataset(
             table,
             positions=positions,
             offset=offset,
-            roots=split.roots,
             image_column=split.image_column,
+            label_column=columns.label_column,
+            id_column=columns.id_column,
             labels=labels,
-            **item_args,
+            preprocess=preprocess,
+            roots=split.roots,
         )
         loader = iter(
             make_loader(
@@ -204,6 +200,14 @@ def iter_batches(
             yield from loader
         finally:
             del loader  # stops its workers now, not at interpreter exit
+
+
+def _chunks(split: Split, todo: Todo, chunk_rows: int) -> Iterator[tuple[int, Any, Any]]:
+    """(first index, table, positions in it to score): the whole table of a loaded split,
+    or consecutive in-memory chunks of a streamed one."""
+    if split.num_rows is not None:
+        return iter([(0, split.table, positions_of(todo, split.num_rows))])
+    return _stream_chunks(split, todo=todo, chunk_rows=chunk_rows)
 
 
 def _stream_chunks(split: Split, *, todo: Todo, chunk_rows: int) -> Iterator[tuple[int, Any, Any]]:

@@ -18,7 +18,8 @@ import torch.distributed as dist
 
 from pipeline.config import Config
 from pipeline.errors import UserError
-from pipeline.model import resolve_device
+from pipeline.plan import covered_rows
+from pipeline.settings import resolve_device
 
 T = TypeVar("T")
 
@@ -64,13 +65,13 @@ class Group:
         self.on_rank0(lambda: box.append(fn()))
         return box[0] if box else fn()
 
-    def reduce(self, value: float, op: str) -> float:
-        """Sum or max of a number over the ranks."""
+    def gather(self, value: float) -> list[float]:
+        """A number from every rank, in rank order, on every rank."""
         if self.world == 1:
-            return value
+            return [value]
         box: list[float] = [0.0] * self.world
         dist.all_gather_object(box, value)
-        return float(sum(box) if op == "sum" else max(box))
+        return box
 
 
 def setup(device_name: str) -> tuple[Group, torch.device]:
@@ -107,8 +108,7 @@ def plan_rows(num_rows: int | None, cfg: Config) -> tuple[int, int | None]:
         if cfg.shard.count > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise UserError("Streaming splits cannot be sharded; set dataset.streaming=false")
         return 0, cfg.limit
-    n = num_rows if cfg.limit is None else min(cfg.limit, num_rows)
-    return shard_rows(n, cfg.shard.index, cfg.shard.count)
+    return shard_rows(covered_rows(num_rows, cfg.limit), cfg.shard.index, cfg.shard.count)
 
 
 def share(todo: list[tuple[int, int | None]], group: Group) -> list[tuple[int, int | None]]:

@@ -11,18 +11,20 @@ them. The main thread lands batches strictly in order.
 from __future__ import annotations
 
 import math
+import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager, suppress
+from concurrent.futures import Future
+from contextlib import contextmanager, nullcontext, suppress
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline import write
+from pipeline import predictions
+from pipeline.config import OnError
 from pipeline.errors import UserError
 from pipeline.transforms import Preprocess
 
@@ -32,14 +34,14 @@ TOPK = 5
 
 def score(
     batches: Iterable[dict[str, Any]],
-    writer: write.PredictionWriter,
+    writer: predictions.PredictionWriter,
     net: torch.nn.Module,
     preprocess: Preprocess,
     *,
     device: torch.device,
     amp: torch.dtype | None,
     streams: int,
-    on_error: str,
+    on_error: OnError,  # type: ignore[valid-type]
     channels_last: bool,
     progress: tqdm,
     mask: torch.Tensor | None = None,
@@ -55,86 +57,156 @@ def score(
     dtype = amp if amp and device.type == "cuda" else torch.float32  # normalize in AMP dtype
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     mask = None if mask is None else mask.to(device)
-    buffers: list[torch.Tensor | None] = [None] * (streams + 1)  # one input buffer per slot
-    inflight: deque[tuple[int, dict[str, Any], Future]] = deque()
-    n = 0
-    pool = ThreadPoolExecutor(streams, initializer=_enter_contexts, initargs=(device, amp))
-    with pool, progress:
+    loop = Landing(writer, progress, device=device, on_error=on_error, slots=streams + 1)
+    with Streams(streams, device, amp) as pool, progress:
         try:
-            for k, batch in enumerate(batches):
-                if len(inflight) == len(buffers):
-                    n += _land_oldest(inflight, buffers, writer, progress, device, on_error)
-                slot = k % len(buffers)  # its previous batch has landed
-                args = (batch, net, preprocess, device, dtype, memory_format, buffers[slot], mask)
-                inflight.append((slot, batch, pool.submit(launch, *args)))
+            for batch in batches:
+                if loop.full:
+                    loop.land_oldest()
+                args = (net, preprocess, device, dtype, memory_format, loop.buffer(), mask)
+                loop.start(batch, pool.submit(launch, batch, *args))
                 if should_stop():
                     break
-            while inflight:
-                n += _land_oldest(inflight, buffers, writer, progress, device, on_error)
+            loop.land_all()
         except BaseException:
-            for _, _, future in inflight:
-                future.cancel()  # not started yet: not worth waiting for
-            with suppress(Exception):  # the first error is the one to report
-                while inflight and not inflight[0][2].cancelled():
-                    _land_oldest(inflight, buffers, writer, progress, device, on_error)
+            loop.abandon()
             raise
-    return n
+    return loop.scored
 
 
-def _enter_contexts(device: torch.device, amp: torch.dtype | None) -> None:
-    """Per stream thread, for its whole life: inference mode, one autocast (which then caches
-    the weights' low-precision copies instead of casting them every batch), and on CUDA the
-    side stream that copies inputs while the previous batch computes."""
-    _thread.contexts = stack = ExitStack()
-    stack.enter_context(torch.inference_mode())
-    if amp:
-        stack.enter_context(torch.autocast(device.type, dtype=amp))
+class Streams:
+    """`count` threads that run batches, each for its whole life under inference mode, one
+    autocast (which then caches the weights' low-precision copies instead of casting them
+    every batch) and, on CUDA, the side stream that copies inputs while the previous batch
+    computes; left cleanly when the loop ends."""
+
+    def __init__(self, count: int, device: torch.device, amp: torch.dtype | None) -> None:
+        self.jobs: queue.SimpleQueue[tuple[Future, Callable[..., Any], tuple] | None]
+        self.jobs = queue.SimpleQueue()
+        self.threads = [
+            threading.Thread(target=self._serve, args=(device, amp), daemon=True)
+            for _ in range(count)
+        ]
+
+    def __enter__(self) -> Streams:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for _ in self.threads:
+            self.jobs.put(None)
+        for thread in self.threads:
+            thread.join()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        self.jobs.put((future, fn, args))
+        return future
+
+    def _serve(self, device: torch.device, amp: torch.dtype | None) -> None:
+        autocast = torch.autocast(device.type, dtype=amp) if amp else nullcontext()
+        with torch.inference_mode(), autocast, _copy_stream(device):
+            while (job := self.jobs.get()) is not None:
+                future, fn, args = job
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn(*args))
+                    except BaseException as e:  # raised again where the batch lands
+                        future.set_exception(e)
+
+
+@contextmanager
+def _copy_stream(device: torch.device) -> Iterator[None]:
+    """On CUDA, this thread's side stream for host-to-device copies (to_device)."""
     _thread.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-
-
-def _land_oldest(
-    inflight: deque[tuple[int, dict[str, Any], Future]],
-    buffers: list[torch.Tensor | None],
-    writer: write.PredictionWriter,
-    progress: tqdm,
-    device: torch.device,
-    on_error: str = "record",
-) -> int:
-    """Wait for the oldest batch, bring its results to the CPU and hand them to the writer.
-
-    If it failed, the later batches are dropped: landing them would leave a gap.
-    """
-    slot, batch, future = inflight.popleft()
     try:
-        outputs, buffers[slot] = future.result()
-        check_decoded(batch, on_error)  # here, in row order: backend=device decodes in launch
-    except torch.OutOfMemoryError:
-        inflight.clear()
-        raise UserError(oom_message(device, len(batch["index"]))) from None
-    except BaseException:
-        inflight.clear()
-        raise
-    ids, probs = (t.cpu().numpy().copy() for t in outputs)
+        yield
+    finally:
+        _thread.copy_stream = None
+
+
+class Landing:
+    """The batches in flight, oldest first, and their landing: results to the CPU and to
+    the writer, strictly in order. Each slot has its own input buffer, reused by the
+    batch after next."""
+
+    def __init__(
+        self,
+        writer: predictions.PredictionWriter,
+        progress: tqdm,
+        *,
+        device: torch.device,
+        on_error: OnError,  # type: ignore[valid-type]
+        slots: int,
+    ) -> None:
+        self.writer, self.progress, self.device, self.on_error = writer, progress, device, on_error
+        self.buffers: list[torch.Tensor | None] = [None] * slots
+        self.inflight: deque[tuple[int, dict[str, Any], Future]] = deque()
+        self.started = self.scored = 0
+
+    @property
+    def full(self) -> bool:
+        return len(self.inflight) == len(self.buffers)
+
+    def buffer(self) -> torch.Tensor | None:
+        """The input buffer of the next slot (its previous batch has landed)."""
+        return self.buffers[self.started % len(self.buffers)]
+
+    def start(self, batch: dict[str, Any], future: Future) -> None:
+        self.inflight.append((self.started % len(self.buffers), batch, future))
+        self.started += 1
+
+    def land_oldest(self) -> None:
+        """Wait for the oldest batch and hand its results to the writer. If it failed, the
+        later batches are dropped: landing them would leave a gap."""
+        slot, batch, future = self.inflight.popleft()
+        try:
+            outputs, self.buffers[slot] = future.result()
+            check_decoded(batch, self.on_error)  # in row order: backend=device decodes late
+        except torch.OutOfMemoryError:
+            self.inflight.clear()
+            raise UserError(oom_message(self.device, len(batch["index"]))) from None
+        except BaseException:
+            self.inflight.clear()
+            raise
+        self.writer.add(scored(batch, *outputs))
+        self.progress.update(len(batch["index"]))
+        self.scored += len(outputs[0])
+
+    def land_all(self) -> None:
+        while self.inflight:
+            self.land_oldest()
+
+    def abandon(self) -> None:
+        """After a failure: cancel what has not started, land what was scored before it."""
+        for _, _, future in self.inflight:
+            future.cancel()  # not started yet: not worth waiting for
+        with suppress(Exception):  # the first error is the one to report
+            while self.inflight and not self.inflight[0][2].cancelled():
+                self.land_oldest()
+
+
+def scored(batch: dict[str, Any], ids: torch.Tensor, probs: torch.Tensor) -> predictions.Scored:
+    """A landed batch as the writer takes it: every row's metadata, the outputs of the rows
+    that were scored, copied off the device's (and the stream's) memory."""
+    ids_np, probs_np = (t.cpu().numpy().copy() for t in (ids, probs))
     ok = batch["ok"].numpy().copy()
-    scored = [x for x, good in zip(batch["label"], ok, strict=True) if good]
-    labels = torch.tensor([-1 if x is None else x for x in scored], dtype=torch.int64)
-    top1, top5 = (t.numpy() for t in hits(torch.from_numpy(ids), labels))
-    writer.add(
-        write.Scored(
-            index=batch["index"].numpy().copy(),
-            id=batch["id"],
-            dataset_label=batch["dataset_label"],
-            label=batch["label"],
-            error=batch["error"],
-            ok=ok,
-            topk=ids,
-            topk_prob=probs.astype(np.float32, copy=False),  # already a copy, fp32 from topk
-            top1=top1,
-            top5=top5,
-        )
+    labels = [x for x, good in zip(batch["label"], ok, strict=True) if good]
+    label_ids = torch.tensor([-1 if x is None else x for x in labels], dtype=torch.int64)
+    top1, top5 = (t.numpy() for t in hits(torch.from_numpy(ids_np), label_ids))
+    return predictions.Scored(
+        index=batch["index"].numpy().copy(),
+        id=batch["id"],
+        dataset_label=batch["dataset_label"],
+        label=batch["label"],
+        error=batch["error"],
+        ok=ok,
+        topk=ids_np,
+        topk_prob=probs_np.astype(np.float32, copy=False),  # already a copy, fp32 from topk
+        top1=top1,
+        top5=top5,
     )
-    progress.update(len(batch["index"]))
-    return len(ids)
 
 
 def launch(
@@ -193,9 +265,9 @@ def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x
 
 
-def check_decoded(batch: dict[str, Any], on_error: str) -> None:
+def check_decoded(batch: dict[str, Any], on_error: OnError) -> None:  # type: ignore[valid-type]
     """With on_error=raise, the first undecodable image of a batch ends the run."""
-    if on_error == "raise" and not batch["ok"].all():
+    if on_error is OnError["raise"] and not batch["ok"].all():
         j = int((~batch["ok"]).nonzero()[0])
         raise UserError(
             f"Image at row {int(batch['index'][j])} (id {batch['id'][j]}) "
@@ -207,33 +279,25 @@ def oom_message(device: torch.device, size: int) -> str:
     return f"Out of {device.type} memory at batch_size={size}; try batch_size={max(size // 2, 1)}"
 
 
-def resolve_streams(value: str, device: torch.device, *, compile: bool) -> int:
-    """streams: a count, or auto = on CPU one per core the model may use (at most 4), else 1."""
-    if value != "auto":
-        if not value.isdigit() or int(value) < 1:
-            raise UserError(f"streams={value!r}; valid: auto or a count of 1 or more")
-        if int(value) > 1 and device.type != "cpu":
-            raise UserError(
-                f"streams={value} splits CPU cores between batches; on {device.type} use 1 or auto"
-            )
-        if int(value) > 1 and compile:
-            raise UserError(f"compile=true runs one stream; use streams=1 or auto, not {value}")
-        return int(value)
-    if device.type != "cpu" or compile:  # compiled graphs warm up once, in one thread
-        return 1
-    return max(1, min(4, torch.get_num_threads()))
-
-
 @contextmanager
-def threads_per_stream(streams: int, device: torch.device) -> Iterator[None]:
-    """On CPU, give each stream an equal share of the model's threads for the run."""
-    total = torch.get_num_threads()
+def threads_per_stream(streams: int, threads: int, device: torch.device) -> Iterator[None]:
+    """On CPU, give each stream an equal share of the model's threads for the loop."""
+    before = torch.get_num_threads()
     if device.type == "cpu":
-        torch.set_num_threads(max(1, total // streams))
+        torch.set_num_threads(max(1, threads // streams))
     try:
         yield
     finally:
-        torch.set_num_threads(total)
+        torch.set_num_threads(before)
+
+
+def output_mask(subset: tuple[int, ...] | None, classes: int) -> torch.Tensor | None:
+    """The outputs a class subset restricts top-k to (None: all of them)."""
+    if subset is None:
+        return None
+    mask = torch.zeros(classes, dtype=torch.bool)
+    mask[list(subset)] = True
+    return mask
 
 
 def topk(

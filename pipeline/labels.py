@@ -15,6 +15,7 @@ Anything else (plain integers without names, floats, names that are not
 ImageNet classes, an ambiguous name) stops the run with one line saying what
 was found and what to do. A strict subset of the classes (ImageNet-R/-A,
 Imagenette) restricts the model's outputs to it unless `dataset.restrict=false`.
+ImageNet-ReaL's reassessed labels are real.py's.
 """
 
 from __future__ import annotations
@@ -190,7 +191,7 @@ def resolve(
     *,
     label_column: str | None,
     classes: Any,
-    restrict: str,
+    restrict: bool,
     folder_names: Sequence[str] | None,
     string_values: Sequence[str] | None,
 ) -> LabelSpace:
@@ -199,6 +200,7 @@ def resolve(
     folder_names: all class folders of an image folder, empty ones included, when the
     labels are folder names (datasets drops empty folders from its ClassLabel).
     string_values: the distinct values of a string label column (None when streaming).
+    restrict: restrict the outputs to the classes, when they are a strict subset.
     """
     if label_column is None:
         return UNLABELED
@@ -211,25 +213,33 @@ def resolve(
         table, source = _from_classlabel(list(feature.names), what)
         names = None
     elif kind == "string":
-        if string_values is None and restrict == "auto":
-            raise UserError(
-                "String labels in a streamed split: their classes are not known before scoring; "
-                "set dataset.restrict=false to score over all 1000 classes, or "
-                "dataset.streaming=false"
-            )
-        values = sorted(string_values or [])
-        names = tuple(zip(values, map_names(values, "labels are strings"), strict=True))
-        table, source = None, f"string labels matched by name ({len(values)})"
+        table, names, source = _from_strings(string_values, restrict)
     else:
         raise UserError(
             f"Labels in '{label_column}' are plain integers without class names: they may not "
             f"be ImageNet ids; if they are, set dataset.classes=imagenet-1k; else {FIX}"
         )
     covered = _classes_present(table, names, folder_names)
+    label_type = "string" if kind == "string" else "int64"
     if covered is None or len(covered) == N_CLASSES:
-        return LabelSpace("imagenet-1k", source, _label_type(kind), table, names)
-    subset = tuple(sorted(covered)) if restrict == "auto" else None
-    return LabelSpace(f"subset:{len(covered)}", source, _label_type(kind), table, names, subset)
+        return LabelSpace("imagenet-1k", source, label_type, table, names)
+    subset = tuple(sorted(covered)) if restrict else None
+    return LabelSpace(f"subset:{len(covered)}", source, label_type, table, names, subset)
+
+
+def _from_strings(
+    string_values: Sequence[str] | None, restrict: bool
+) -> tuple[None, tuple[tuple[str, int], ...], str]:
+    """String labels, each matched by name (their distinct values, known unless streamed)."""
+    if string_values is None and restrict:
+        raise UserError(
+            "String labels in a streamed split: their classes are not known before scoring; "
+            "set dataset.restrict=false to score over all 1000 classes, or "
+            "dataset.streaming=false"
+        )
+    values = sorted(string_values or [])
+    names = tuple(zip(values, map_names(values, "labels are strings"), strict=True))
+    return None, names, f"string labels matched by name ({len(values)})"
 
 
 def _feature_kind(feature: Any, column: str) -> str:
@@ -251,10 +261,6 @@ def _feature_kind(feature: Any, column: str) -> str:
         f"Labels in '{column}' are {dtype or type(feature).__name__}, which cannot be class "
         f"ids; point dataset.label_column at an integer or string column, or set it to null"
     )
-
-
-def _label_type(kind: str) -> str:
-    return "string" if kind == "string" else "int64"
 
 
 def _from_classlabel(labels: list[str], what: str) -> tuple[tuple[int, ...] | None, str]:
@@ -358,97 +364,3 @@ def _classes_present(
     if names is not None:
         return {i for _, i in names}
     return None
-
-
-# ------------------------------------------------------------ ImageNet-ReaL
-
-REAL_ENTRIES = 50_000  # one per ImageNet-1k val image, in val-number order
-# ILSVRC2012_val_00000001.JPEG, the hub's ILSVRC2012_val_00000001_n01751748.JPEG (the
-# loading script of ILSVRC/imagenet-1k appends the wnid) and webdataset keys without an
-# extension (timm/imagenet-1k-wds: ILSVRC2012_val_00000001)
-VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})(?:_(n\d{8}))?(?:\.\w+)?", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class RealLabels:
-    """ImageNet-ReaL (Beyer et al. 2020): for each val image, the set of labels reassessed as
-    correct; a top-1 counts when it is in the set, and images with an empty set are left out.
-    Entry k of real.json is the val image numbered k+1 (ILSVRC2012_val_<k+1>)."""
-
-    path: str
-    sha256: str
-    sets: tuple[frozenset[int], ...]
-
-    @classmethod
-    def load(cls, path: str) -> RealLabels:
-        """real.json: exactly 50,000 lists of class ids 0..999, or one line saying what is off
-        (a list one entry short shifts every image after it onto another's labels)."""
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-            entries = json.loads(raw)
-        except OSError as e:
-            raise UserError(
-                f"metrics.real_labels={path}: cannot read it ({e.strerror or e})"
-            ) from None
-        except ValueError as e:
-            raise UserError(f"metrics.real_labels={path} is not valid JSON: {e}") from None
-        what = (
-            f"metrics.real_labels={path} is not a ReaL file (google-research/reassessed-imagenet "
-            f"real.json: per val image, a list of class ids 0..999)"
-        )
-        if not isinstance(entries, list):
-            raise UserError(f"{what}: it holds a JSON {type(entries).__name__}")
-        if len(entries) != REAL_ENTRIES:
-            raise UserError(f"{what}: it has {len(entries)} entries, not {REAL_ENTRIES:,}")
-        for k, labels in enumerate(entries):
-            if not isinstance(labels, list) or not all(_class_index(i) for i in labels):
-                raise UserError(f"{what}: entry {k} is {json.dumps(labels)[:60]}")
-        digest = hashlib.sha256(raw).hexdigest()
-        return cls(path, digest, tuple(frozenset(s) for s in entries))
-
-    @staticmethod
-    def entry(image_id: str | None) -> tuple[int, str | None] | None:
-        """(real.json entry, the wnid the name carries if any) of a val image, from its file
-        name or key; None when the name is not a val image's."""
-        match = VAL_NAME.fullmatch(os.path.basename(image_id or ""))
-        if not match or not 1 <= int(match[1]) <= REAL_ENTRIES:
-            return None
-        return int(match[1]) - 1, match[2]
-
-    def check(
-        self, ids: Sequence[str | None], rows: Sequence[int], labels: Sequence[int | None]
-    ) -> None:
-        """Before any row is scored: every row must name its val image, and a name that
-        carries a wnid must agree with the row's label."""
-        wnids = imagenet_classes()[0]
-        for row, image_id, label in zip(rows, ids, labels, strict=True):
-            found = self.entry(image_id)
-            if found is None:
-                raise UserError(
-                    f"metrics.real_labels: row {row} is {image_id!r}, not an ImageNet val file "
-                    f"name (ILSVRC2012_val_00000001.JPEG .. {REAL_ENTRIES:08d}, or with its "
-                    f"wnid: ILSVRC2012_val_00000001_n01751748.JPEG); ReaL labels fit only "
-                    f"ImageNet-1k val"
-                )
-            wnid = found[1]
-            if wnid and label is not None and wnids[label].lower() != wnid.lower():
-                raise UserError(
-                    f"metrics.real_labels: row {row} is {image_id!r}, named for class {wnid}, "
-                    f"but its label is {label} ({wnids[label]}): the rows and their names "
-                    f"disagree, so ReaL's entries cannot be trusted to match them"
-                )
-
-    def correct(self, ids: Sequence[str | None], preds: Sequence[int | None]) -> list[bool | None]:
-        """Per row: top-1 in the ReaL set; None for unscored rows and empty sets."""
-        out: list[bool | None] = []
-        for image_id, pred in zip(ids, preds, strict=True):
-            found = self.entry(image_id)
-            labels = self.sets[found[0]] if found is not None else frozenset()
-            out.append(None if pred is None or not labels else pred in labels)
-        return out
-
-
-def _class_index(value: Any) -> bool:
-    """A class id 0..999 as JSON has it (true and false are not ids)."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < N_CLASSES

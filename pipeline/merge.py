@@ -13,44 +13,60 @@ is finished by running it again.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline import metrics, rundir
 from pipeline.errors import UserError, one_line
+from pipeline.plan import RESULTS, RunPlan, covered_rows
+from pipeline.stats import number
 
 PER_SHARD = ("shard", "rows")  # the results settings that differ between shards
 
 
-def check_shards(
-    out_dir: Path, shard_dirs: list[Path]
-) -> tuple[dict[str, Any], list[rundir.Part], pa.Schema]:
-    """(the merged run's plan record, the shards' predictions as parts, their schema) or one
-    clear error."""
+def check_shards(out_dir: Path, shard_dirs: list[Path]) -> tuple[RunPlan, list[rundir.Part]]:
+    """(the merged run's plan, the shards' predictions as parts) or one clear error."""
     target = out_dir.resolve()
     if any(d.resolve() == target for d in shard_dirs):
         raise UserError(f"{out_dir} is one of the shards; merge into a new folder")
-    plans = [rundir.read_plan(d) for d in shard_dirs]
-    for d in shard_dirs:
-        if not (d / rundir.METRICS).exists():
-            raise UserError(f"{d} is not finished (no {rundir.METRICS}); resume it first")
-    common = {k: v for k, v in plans[0]["results"].items() if k not in PER_SHARD}
+    plans = [finished_plan(d) for d in shard_dirs]
+    common = {k: v for k, v in plans[0].part(RESULTS).items() if k not in PER_SHARD}
     for d, p in zip(shard_dirs, plans, strict=True):
-        mine = {k: v for k, v in p["results"].items() if k not in PER_SHARD}
+        mine = {k: v for k, v in p.part(RESULTS).items() if k not in PER_SHARD}
         diff = rundir.plan_difference(common, mine)
         if diff:
             raise UserError(f"{d} comes from a different run than {shard_dirs[0]}: {diff}")
-    rows, limit = common["dataset_rows"], common["limit"]
-    n = rows if limit is None else min(limit, rows)
+    n = covered_rows(plans[0].dataset_rows or 0, plans[0].limit)
+    merged = replace(plans[0], shard="0/1", rows=(0, n), merged_shards=len(plans))
+    parts = tiling(plans, shard_dirs, n)
+    for part in parts:
+        reason = rundir.why_damaged(part.path, part.first, part.stop, merged.schema)
+        if reason:
+            raise UserError(f"{part.path} cannot be merged: {reason}")
+    rundir.check_claim(out_dir)  # before anything is written: the target must be ours
+    rundir.refuse_other_plan(out_dir, merged)
+    return merged, parts
+
+
+def finished_plan(shard: Path) -> RunPlan:
+    the_plan = rundir.read_plan(shard)
+    if not (shard / rundir.METRICS).exists():
+        raise UserError(f"{shard} is not finished (no {rundir.METRICS}); resume it first")
+    return the_plan
+
+
+def tiling(plans: list[RunPlan], shard_dirs: list[Path], n: int) -> list[rundir.Part]:
+    """The shards' predictions as parts, in row order, which must tile rows 0..n."""
     parts = sorted(
-        (rundir.Part(p["results"]["rows"][0], p["results"]["rows"][1], d / rundir.PREDICTIONS)
-         for d, p in zip(shard_dirs, plans, strict=True)),
+        (
+            rundir.Part(p.rows[0], p.rows[1] or 0, d / rundir.PREDICTIONS)
+            for d, p in zip(shard_dirs, plans, strict=True)
+        ),
         key=lambda q: (q.first, q.stop),
-    )  # fmt: skip
+    )
     expected = 0
     for part in parts:
         if part.first != expected:
@@ -61,43 +77,29 @@ def check_shards(
         expected = part.stop
     if expected != n:
         raise UserError(f"Shards cover rows 0..{expected}, expected 0..{n}")
-    schema = pq.read_schema(parts[0].path).remove_metadata()
-    for part in parts:
-        reason = rundir.damage(part.path, part.first, part.stop, schema)
-        if reason:
-            raise UserError(f"{part.path} cannot be merged: {reason}")
-    record = {
-        "results": {**plans[0]["results"], "shard": "0/1", "rows": [0, n]},
-        "runtime": plans[0]["runtime"],
-    }
-    rundir.check_claim(out_dir)  # before anything is written: the target must be ours
-    rundir.refuse_other_plan(out_dir, record)
-    return record, parts, schema
+    return parts
 
 
 def merge_shards(out_dir: Path, shard_dirs: list[Path]) -> dict[str, Any]:
     """Check that the shards tile one run, then write its predictions and metrics to out_dir
-    (or find them written by the same merge before)."""
-    record, parts, schema = check_shards(out_dir, shard_dirs)
+    (or find them written by the same merge before); the metrics row."""
+    merged, parts = check_shards(out_dir, shard_dirs)
     with rundir.open_folder(out_dir) as folder:
-        folder.check_plan(record)  # claims the folder; another plan there is refused
+        folder.check_plan(merged)  # claims the folder; another plan there is refused
         if folder.finished:
             print(f"{out_dir} already holds this merge; nothing to do")
             return pd.read_parquet(out_dir / rundir.METRICS).iloc[0].to_dict()
         predictions = out_dir / rundir.PREDICTIONS
-        rundir.write_segments([(p, p.first, p.stop) for p in parts], predictions, schema)
-        shards = pd.concat([pd.read_parquet(d / rundir.METRICS) for d in shard_dirs])
-        result = shards.iloc[0].to_dict() | metrics.accuracy(str(predictions))
-        result |= {
-            "shard": f"merged from {len(shard_dirs)}",
-            "rows": str(record["results"]["rows"]),
-            "wall_seconds": float(shards["wall_seconds"].max()),  # shards run side by side
-            "images_per_sec": float(shards["images_per_sec"].sum()),
-        }
-        result |= metrics.published(result)
-        rundir.write_metrics(out_dir / rundir.METRICS, result)  # last: marks it finished
-        (out_dir / rundir.ERROR_FILE).unlink(missing_ok=True)
-    return result
+        rundir.write_segments([(p, p.first, p.stop) for p in parts], predictions, merged.schema)
+        shards = [metrics.read(d / rundir.METRICS) for d in shard_dirs]
+        scores = replace(
+            metrics.accuracy(predictions),
+            wall_seconds=max(s.wall_seconds for s in shards),  # shards run side by side
+            images_per_sec=sum(s.images_per_sec for s in shards),
+        )
+        row = metrics.row(merged, metrics.with_published(merged, scores))
+        folder.finish(row)  # metrics.parquet last: it marks the merge finished
+    return row
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     with one_line():
         r = merge_shards(args.out_dir, args.shard_dirs)
     print(
-        f"merged {len(args.shard_dirs)} shards: top-1 {r['top1']:.3f}  top-5 {r['top5']:.3f}  "
+        f"merged {len(args.shard_dirs)} shards: top-1 {number(r['top1'])}  "
+        f"top-5 {number(r['top5'])}  "
         f"images {r['n_images']}  errors {r['n_errors']}  -> {args.out_dir}"
     )
 

@@ -1,18 +1,44 @@
-"""Accuracy read back from the predictions file, and the published numbers it is checked
-against (no torch here: the commands over finished runs read this module)."""
+"""A finished run's numbers: accuracy read back from the predictions file, the published
+numbers it is checked against, and the metrics row that holds both beside the plan (no
+torch here: the commands over finished runs read this module)."""
 
 from __future__ import annotations
 
-import math
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.errors import UserError
+from pipeline.plan import VERSION, RunPlan
+from pipeline.rundir import finite
+
 PUBLISHED_TOLERANCE = 0.1  # points of top-1/top-5 a full ImageNet-1k val run may differ by
+FORMAT = "run_format"  # the metrics row's column naming the plan's VERSION
 
 
-def accuracy(predictions_path: str) -> dict[str, float | int | None]:
+@dataclass(frozen=True)
+class Scores:
+    """What a run measured; with its plan's columns, the metrics row."""
+
+    n_images: int
+    n_scored: int
+    n_errors: int
+    n_labeled: int
+    top1: float | None  # percent over labeled, scored images; None: there are none
+    top5: float | None
+    n_real: int | None = None  # with ImageNet-ReaL labels: images with a non-empty set
+    real_top1: float | None = None
+    published_top1: float | None = None  # torchvision's numbers, where they apply
+    published_top5: float | None = None
+    images_per_sec: float = 0.0
+    wall_seconds: float = 0.0
+
+
+def accuracy(predictions_path: Path) -> Scores:
     """Counts and top-1/top-5 (percent over labeled, scored rows) of a predictions file, and
     ReaL top-1 (over scored rows with a non-empty ReaL set) when the file has it.
 
@@ -33,59 +59,55 @@ def accuracy(predictions_path: str) -> dict[str, float | int | None]:
         correct = pc.sum(pc.fill_null(table[column], False)).as_py() or 0
         return 100.0 * correct / n if n else None  # no labeled image: no accuracy
 
-    row: dict[str, float | int | None] = {
-        "n_images": table.num_rows,
-        "n_scored": n_scored,
-        "n_errors": table.num_rows - n_scored,
-        "n_labeled": n_labeled,
-        "top1": percent("correct_top1", n_labeled),
-        "top5": percent("correct_top5", n_labeled),
-    }
+    real: dict[str, Any] = {}
     if "real_correct" in names:
         n_real = pc.sum(pc.is_valid(table["real_correct"])).as_py() or 0
-        row |= {"n_real": n_real, "real_top1": percent("real_correct", n_real)}
-    return row
+        real = {"n_real": n_real, "real_top1": percent("real_correct", n_real)}
+    return Scores(
+        n_images=table.num_rows,
+        n_scored=n_scored,
+        n_errors=table.num_rows - n_scored,
+        n_labeled=n_labeled,
+        top1=percent("correct_top1", n_labeled),
+        top5=percent("correct_top5", n_labeled),
+        **real,
+    )
 
 
-def published(row: dict[str, Any]) -> dict[str, float | None]:
-    """torchvision's published ImageNet-1K numbers for these weights, when this run is the
-    one they were measured on: torchvision's weights, the whole 50,000-image val split, in
-    ImageNet-1k's label space, scored without errors (else None). Recorded in the metrics
-    row, so that the commands over finished runs need no torchvision."""
+def with_published(plan: RunPlan, scores: Scores) -> Scores:
+    """The scores with torchvision's published ImageNet-1K numbers for these weights, when
+    this run is the one they were measured on: torchvision's weights, the whole
+    50,000-image val split, in ImageNet-1k's label space, scored without errors."""
     import torchvision
 
-    ref = None
     try:
-        enum = torchvision.models.get_model_weights(row["model"])
+        enum = torchvision.models.get_model_weights(plan.model)
     except ValueError:
-        enum = None
+        return scores
     whole = (
-        enum is not None
-        and row["weights"] in enum.__members__
-        and row["label_space"] == "imagenet-1k"
-        and row["n_images"] == 50_000
-        and row["n_scored"] == row["n_labeled"] == 50_000
-        and row.get("dataset_rows") == 50_000  # all of it: not a shard of a larger split
-        and row.get("limit") is None
-        and str(row.get("split", "")).startswith("validation")
+        plan.weights in enum.__members__
+        and plan.label_space == "imagenet-1k"
+        and scores.n_images == 50_000
+        and scores.n_scored == scores.n_labeled == 50_000
+        and plan.dataset_rows == 50_000  # all of it: not a shard of a larger split
+        and plan.limit is None
+        and plan.split.startswith("validation")
     )
-    if whole:
-        ref = enum[row["weights"]].meta["_metrics"].get("ImageNet-1K")
-    return {
-        "published_top1": ref["acc@1"] if ref else None,
-        "published_top5": ref["acc@5"] if ref else None,
-    }
+    ref = enum[plan.weights].meta["_metrics"].get("ImageNet-1K") if whole else None
+    if not ref:
+        return scores
+    return replace(scores, published_top1=ref["acc@1"], published_top5=ref["acc@5"])
 
 
-def published_check(row: dict[str, Any]) -> str | None:
-    """One line comparing a run with the published numbers in its metrics row (when it has
-    them); flagged when either differs by more than PUBLISHED_TOLERANCE points."""
-    ref1, ref5 = row.get("published_top1"), row.get("published_top5")
-    if ref1 is None or ref5 is None or math.isnan(ref1):
+def published_check(plan: RunPlan, scores: Scores) -> str | None:
+    """One line comparing a run with the published numbers (where it has them); flagged
+    when either differs by more than PUBLISHED_TOLERANCE points."""
+    ref1, ref5 = scores.published_top1, scores.published_top5
+    if ref1 is None or ref5 is None or scores.top1 is None or scores.top5 is None:
         return None
-    d1, d5 = row["top1"] - ref1, row["top5"] - ref5
+    d1, d5 = scores.top1 - ref1, scores.top5 - ref5
     line = (
-        f"published (torchvision {row['weights']}): top-1 {ref1:.3f}, top-5 "
+        f"published (torchvision {plan.weights}): top-1 {ref1:.3f}, top-5 "
         f"{ref5:.3f}; this run {d1:+.3f} / {d5:+.3f} points"
     )
     if off_published(d1, d5):
@@ -99,3 +121,21 @@ def published_check(row: dict[str, Any]) -> str | None:
 def off_published(*diffs: float) -> bool:
     """Whether a difference to the published numbers is more than the tolerance."""
     return max(abs(d) for d in diffs) > PUBLISHED_TOLERANCE
+
+
+def row(plan: RunPlan, scores: Scores) -> dict[str, Any]:
+    """The metrics row: the plan's columns and the scores, under the plan's format (a sweep's
+    rows stack into one table with pd.concat)."""
+    return plan.columns() | asdict(scores) | {FORMAT: VERSION}
+
+
+def read(path: Path) -> Scores:
+    """A finished run's scores from its metrics.parquet; one line when it is not this
+    version's or cannot be read."""
+    try:
+        values = pq.read_table(path).to_pylist()[0]
+    except (OSError, pa.ArrowException, IndexError) as e:
+        raise UserError(f"{path} cannot be read ({str(e).splitlines()[0]})") from None
+    if values.get(FORMAT) != VERSION:
+        raise UserError(f"{path} was written by another version of this pipeline")
+    return Scores(**{f.name: finite(values.get(f.name)) for f in fields(Scores)})

@@ -59,47 +59,6 @@ class LoadedModel:
         return digest
 
 
-def resolve_device(name: str) -> torch.device:
-    """auto | cpu | cuda | cuda:N | mps -> a device that exists here, or a UserError."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-    valid = "auto, cpu, cuda, cuda:N, mps"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"Unknown device '{name}'; valid: {valid}") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise UserError(f"device={name} but CUDA is not available here; use device=cpu")
-        if device.index is not None and device.index >= count:
-            raise UserError(
-                f"device={name} but only {count} GPU(s) found: cuda:0..cuda:{count - 1}"
-            )
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"device={name} but MPS is not available here; use device=cpu")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise UserError(f"Unknown device '{name}'; valid: {valid}")
-    return device
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """auto | off | fp16 | bf16 -> the autocast dtype (None: fp32). auto = fp16 on CUDA only.
-    A dtype the device cannot run is one line here, before anything is loaded."""
-    if amp == "auto":
-        return torch.float16 if device.type == "cuda" else None
-    if amp == "off":
-        return None
-    if amp == "fp16" and device.type == "cpu":
-        raise UserError("amp=fp16 needs a GPU; on cpu use amp=bf16 or amp=off")
-    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        name = torch.cuda.get_device_name(device)
-        raise UserError(f"amp=bf16: {name} has no bf16 support; use amp=fp16 or amp=off")
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}[amp]
-
-
 def load_model(
     *, arch: str, weights: str, sha256: str | None, preprocess: str | None = None
 ) -> LoadedModel:
@@ -135,12 +94,7 @@ def load_model(
         else:
             state_dict, file_sha = _from_file(weights, sha256, valid=list(enum.__members__))
             file = weights
-        with torch.device("meta"):  # no random init of tensors about to be replaced
-            model = torchvision.models.get_model(arch, weights=None)
-        _load_state(model, state_dict, weights)
-        if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
-            model = torchvision.models.get_model(arch, weights=None)  # a buffer not saved
-            model.load_state_dict(state_dict)
+        model = _with_weights(arch, state_dict, weights)
     return LoadedModel(
         model=model.eval(),
         arch=arch,
@@ -153,6 +107,17 @@ def load_model(
         file=file,
         source="checkpoint" if file == weights else weights,
     )
+
+
+def _with_weights(arch: str, state_dict: dict, source: str) -> nn.Module:
+    """`arch` holding `state_dict`, built without a random init of the tensors it replaces."""
+    with torch.device("meta"):
+        model = torchvision.models.get_model(arch, weights=None)
+    _load_state(model, state_dict, source)
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+        model = torchvision.models.get_model(arch, weights=None)  # a buffer not saved
+        model.load_state_dict(state_dict)
+    return model
 
 
 def _preprocess_entry(enum: Any, preprocess: str | None) -> Any:

@@ -16,7 +16,7 @@ import base64
 import datetime as dt
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from pipeline import metrics, rundir, stats
 from pipeline.errors import UserError, one_line
+from pipeline.plan import RunPlan
 
 INTERVAL = "Wilson score interval, 95%"
 DIFF_INTERVAL = "Newcombe's hybrid score interval for paired proportions (method 10), 95%"
@@ -51,9 +52,8 @@ class Run:
     """A finished run folder: its plan, its metrics row, and its predictions as arrays."""
 
     dir: Path
-    plan: dict[str, Any]
-    row: dict[str, Any]
-    names: list[str]  # the model's class names, as the run recorded them
+    plan: RunPlan
+    scores: metrics.Scores
     index: np.ndarray
     ids: list[str | None]
     label: np.ndarray  # -1: unknown
@@ -61,6 +61,11 @@ class Run:
     confidence: np.ndarray  # top-1 probability; nan: not scored
     top1: np.ndarray  # bool
     errors: list[tuple[int, str | None, str]]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The model's class names, as the run recorded them."""
+        return self.plan.categories
 
     @property
     def scored(self) -> np.ndarray:
@@ -73,23 +78,19 @@ class Run:
 
 def load(d: Path) -> Run:
     """A finished run folder, or one line saying why it is not."""
-    plan = rundir.read_plan(d)["results"]
+    the_plan = rundir.read_plan(d)
     if not (d / rundir.METRICS).exists():
         raise UserError(f"{d} is not finished (no {rundir.METRICS}); resume it first")
-    if not plan.get("categories"):
-        raise UserError(f"{d} was made by an older version of this pipeline; run it again")
     cols = ["index", "id", "label", "pred", "topk_prob", "correct_top1", "error"]
     try:
         table = pq.read_table(d / rundir.PREDICTIONS, columns=cols)
-        row = pq.read_table(d / rundir.METRICS).to_pylist()[0]
-    except (OSError, pa.ArrowException, IndexError) as e:
+    except (OSError, pa.ArrowException) as e:
         raise UserError(f"{d} holds damaged results ({str(e).splitlines()[0]})") from None
     error = table["error"].to_pylist()
     return Run(
         dir=d,
-        plan=plan,
-        row=row,
-        names=list(plan["categories"]),
+        plan=the_plan,
+        scores=metrics.read(d / rundir.METRICS),
         index=table["index"].to_numpy(),
         ids=table["id"].to_pylist(),
         label=pc.fill_null(table["label"], -1).to_numpy(),
@@ -103,45 +104,49 @@ def load(d: Path) -> Run:
 def single(run: Run) -> dict[str, Any]:
     """One run's numbers: metrics with intervals, calibration, classes, confusions, errors;
     None (null in report.json, n/a on the page) for what needs labels it does not have."""
-    r, labeled, names = run.row, run.labeled, run.names
+    p, s, labeled = run.plan, run.scores, run.labeled
     n = int(labeled.sum())
     ece, bins = stats.calibration(run.confidence[labeled], run.top1[labeled])
-    out = {
+    return {
         "dir": str(run.dir),
-        "dataset": r.get("dataset_path"),
-        "split": r.get("split"),
-        "model": r.get("model"),
-        "weights": r.get("weights"),
-        "label_space": r.get("label_space"),
-        "restricted": bool(r.get("restricted")),
-        **{k: r[k] for k in ("n_images", "n_scored", "n_errors", "n_labeled")},
-        "top1": r["top1"],
-        "top1_ci95": stats.percent_interval(r["top1"], n),
-        "top5": r["top5"],
-        "top5_ci95": stats.percent_interval(r["top5"], n),
+        "dataset": p.dataset_path,
+        "split": p.split,
+        "model": p.model,
+        "weights": p.weights,
+        "label_space": p.label_space,
+        "restricted": p.restricted,
+        **{k: getattr(s, k) for k in ("n_images", "n_scored", "n_errors", "n_labeled")},
+        "top1": s.top1,
+        "top1_ci95": stats.percent_interval(s.top1, n),
+        "top5": s.top5,
+        "top5_ci95": stats.percent_interval(s.top5, n),
         "ece": ece,
         "reliability": bins,
-        "published": None,
-        "classes": per_class(run, names),
-        "confusions": confusions(run, names),
+        "published": published(s),
+        "classes": per_class(run),
+        "confusions": confusions(run),
         "errors": [{"index": i, "id": name, "error": e} for i, name, e in run.errors[:MAX_ERRORS]],
     }
-    ref1, ref5 = r.get("published_top1"), r.get("published_top5")
-    if ref1 is not None and ref5 is not None:
-        out["published"] = {
-            "top1": ref1,
-            "top5": ref5,
-            "top1_diff": r["top1"] - ref1,
-            "top5_diff": r["top5"] - ref5,
-            "tolerance": metrics.PUBLISHED_TOLERANCE,
-            "off": metrics.off_published(r["top1"] - ref1, r["top5"] - ref5),
-        }
-    return out
 
 
-def per_class(run: Run, names: list[str]) -> dict[str, Any]:
+def published(s: metrics.Scores) -> dict[str, Any] | None:
+    """The published numbers beside the run's, where they apply."""
+    if s.published_top1 is None or s.published_top5 is None or s.top1 is None or s.top5 is None:
+        return None
+    d1, d5 = s.top1 - s.published_top1, s.top5 - s.published_top5
+    return {
+        "top1": s.published_top1,
+        "top5": s.published_top5,
+        "top1_diff": d1,
+        "top5_diff": d5,
+        "tolerance": metrics.PUBLISHED_TOLERANCE,
+        "off": metrics.off_published(d1, d5),
+    }
+
+
+def per_class(run: Run) -> dict[str, Any]:
     """Top-1 accuracy of every class with labeled images: its histogram, worst and best."""
-    lab = run.labeled
+    lab, names = run.labeled, run.names
     counts = np.bincount(run.label[lab], minlength=len(names))
     hits = np.bincount(run.label[lab], weights=run.top1[lab], minlength=len(names))
     present = np.flatnonzero(counts)
@@ -161,9 +166,9 @@ def per_class(run: Run, names: list[str]) -> dict[str, Any]:
     }
 
 
-def confusions(run: Run, names: list[str]) -> list[dict[str, Any]]:
+def confusions(run: Run) -> list[dict[str, Any]]:
     """The most frequent (true -> predicted) top-1 mistakes."""
-    miss = run.labeled & ~run.top1
+    miss, names = run.labeled & ~run.top1, run.names
     pairs, counts = np.unique(run.label[miss] * len(names) + run.pred[miss], return_counts=True)
     order = np.lexsort((pairs, -counts))[:TOP_PAIRS]
     return [
@@ -179,7 +184,7 @@ def confusions(run: Run, names: list[str]) -> list[dict[str, Any]]:
 
 
 def same_rows(a: Run, b: Run) -> bool:
-    return all(a.plan.get(k) == b.plan.get(k) for k in SAME_ROWS) and np.array_equal(
+    return all(getattr(a.plan, k) == getattr(b.plan, k) for k in SAME_ROWS) and np.array_equal(
         a.index, b.index
     )
 
@@ -189,7 +194,7 @@ def check_pairable(first: Run, other: Run) -> None:
     against the same labels, row for row, under the same restriction of the outputs;
     otherwise their difference would be one of protocols, not of models."""
     where = f"{other.dir} and {first.dir} score the same rows"
-    space = [(r.plan.get("restricted"), r.plan.get("label_space")) for r in (first, other)]
+    space = [(r.plan.restricted, r.plan.label_space) for r in (first, other)]
     if space[0] != space[1]:
         said = [
             f"{k} ({'restricted' if restricted else 'not restricted'})" for restricted, k in space
@@ -288,20 +293,11 @@ def dataset_images(run: Run, picks: np.ndarray) -> tuple[Any, list[Any]]:
     from pipeline import splits
 
     p = run.plan
-    source = splits.Source(
-        path=p["dataset_path"],
-        name=p["dataset_name"],
-        split=p["split"],
-        revision=p["dataset_revision"],
-        data_dir=p["data_dir"],
-        data_files=p["data_files"],
-        image_column=p["image_column"],
-        label_column=None,
-        id_column=p["id_column"],
-        image_roots=tuple(p.get("image_roots") or ()),
-    )
+    if p.dataset_fingerprint is None:
+        raise UserError("the run streamed its split: there is no fingerprint to check it by")
+    source = replace(p.source, streaming=False, label_column=None)
     split = splits.load_split(source)
-    if (split.fingerprint, split.num_rows) != (p["dataset_fingerprint"], p["dataset_rows"]):
+    if (split.fingerprint, split.num_rows) != (p.dataset_fingerprint, p.dataset_rows):
         raise UserError("the dataset has changed since the run (its fingerprint differs)")
     rows = run.index[picks]
     now = splits.row_ids(split, rows, source.id_column)

@@ -153,67 +153,41 @@ def mistakes(shown: list[dict[str, Any]], note: str) -> str:
     return f'{head}<div class="thumbs">{figures}</div>'
 
 
+SIDE_BY_SIDE = ["run", "dataset", "split", "label space", "images", "errors"]
+SIDE_BY_SIDE += ["top-1 [95% CI]", "top-5 [95% CI]", "ECE"]
+PAIRED = ["images", "top-1 agreement", "only first right", "only second right", "McNemar p"]
+PAIRED += ["top-1 change [95% CI]"]
+
+
 def comparisons(report: dict[str, Any]) -> str:
-    runs = report["runs"]
+    """Every run in one table, then each paired comparison with the first."""
     rows = [
-        [
-            r["dir"],
-            r["dataset"],
-            r["split"],
-            r["label_space"],
-            r["n_images"],
-            r["n_errors"],
-            f"{num(r['top1'])} {ci(r['top1_ci95'])}",
-            f"{num(r['top5'])} {ci(r['top5_ci95'])}",
-            num(r["ece"], 4),
-        ]
-        for r in runs
+        [r["dir"], r["dataset"], r["split"], r["label_space"], r["n_images"], r["n_errors"]]
+        + [f"{num(r[k])} {ci(r[f'{k}_ci95'])}" for k in ("top1", "top5")]
+        + [num(r["ece"], 4)]
+        for r in report["runs"]
     ]
-    out = [
-        "<h2>All runs, side by side</h2>",
-        table(
-            [
-                "run",
-                "dataset",
-                "split",
-                "label space",
-                "images",
-                "errors",
-                "top-1 [95% CI]",
-                "top-5 [95% CI]",
-                "ECE",
-            ],
-            rows,
-            {4, 5},
-        ),
+    out = ["<h2>All runs, side by side</h2>", table(SIDE_BY_SIDE, rows, {4, 5})]
+    return "".join(out + [paired(p) for p in report["paired"]])
+
+
+def paired(p: dict[str, Any]) -> str:
+    """One paired comparison: its test and interval, and the classes that changed most."""
+    row = [
+        p["n"],
+        num(p["agreement"], 4),
+        p["first_only"],
+        p["second_only"],
+        num(p["mcnemar_p"], 3, "g"),
+        f"{signed(p['top1_diff'])} {ci(p['top1_diff_ci95'])}",
     ]
-    for p in report["paired"]:
-        head = [
-            "images",
-            "top-1 agreement",
-            "only first right",
-            "only second right",
-            "McNemar p",
-            "top-1 change [95% CI]",
-        ]
-        row = [
-            p["n"],
-            num(p["agreement"], 4),
-            p["first_only"],
-            p["second_only"],
-            num(p["mcnemar_p"], 3, "g"),
-            f"{signed(p['top1_diff'])} {ci(p['top1_diff_ci95'])}",
-        ]
-        diffs = [
-            [d["name"], d["class"], d["n"], f"{d['top1_diff']:+.1f}"] for d in p["class_diffs"]
-        ]
-        out += [
-            f"<h2>Paired: {esc(p['run'])} against {esc(p['with'])}</h2>",
-            table(head, [row], {0, 2, 3}),
-            "<p class=muted>Classes that changed most (top-1 points)</p>",
-            table(["class", "id", "images", "change"], diffs, {1, 2, 3}),
-        ]
-    return "".join(out)
+    diffs = [[d["name"], d["class"], d["n"], f"{d['top1_diff']:+.1f}"] for d in p["class_diffs"]]
+    return (
+        f"<h2>Paired: {esc(p['run'])} against {esc(p['with'])}</h2>"
+        + table(PAIRED, [row], {0, 2, 3})
+        + "<p class=muted>Classes that changed most (top-1 points)</p>"
+        + table(["class", "id", "images", "change"], diffs, {1, 2, 3})
+    )
 
 
 def render(report: dict[str, Any], shown: list[dict[str, Any]]) -> str:

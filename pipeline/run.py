@@ -1,7 +1,9 @@
-"""One run, start to finish: plan, load, open the folder, score the missing rows, finish.
+"""One run, start to finish: resolve, load, plan, score the missing rows, finish.
 
 `evaluate` takes the typed `Config`, so it runs without Hydra too (the benchmark
-does); `python -m pipeline` (__main__.py) composes that Config with Hydra.
+does); `python -m pipeline` (__main__.py) composes that Config with Hydra. Under
+torchrun the ranks meet through `distributed.Group`, whose calls do nothing in one
+process: read `_run` as the one-process data flow.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from dataclasses import asdict, fields
+from collections.abc import Generator, Iterator
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +29,29 @@ from pipeline import (
     metrics,
     model,
     plan,
+    predictions,
     rundir,
+    settings,
     splits,
     stop,
-    write,
 )
 from pipeline.config import Config, check_values, plain
 from pipeline.errors import UserError
+from pipeline.real import RealLabels
 from pipeline.stats import number
 from pipeline.transforms import Preprocess
 
 log = logging.getLogger("pipeline")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a run scores: the split, what its labels mean, the ReaL labels, the model."""
+
+    split: splits.Split
+    labels: labels.LabelSpace
+    real: RealLabels | None
+    model: model.LoadedModel
 
 
 def evaluate(cfg: Config, out_dir: Path) -> dict[str, Any] | None:
@@ -50,127 +65,70 @@ def evaluate(cfg: Config, out_dir: Path) -> dict[str, Any] | None:
     check_values(cfg)
     with stop.cooperative() as stopper:
         group, device = distributed.setup(cfg.device)
-        out_dir = Path(group.broadcast(str(out_dir)))  # every rank writes into rank 0's folder
-        settings = plan.resolve_settings(cfg, device, group.world)
-        folder = rundir.RunFolder(out_dir, owner=group.rank == 0)
+        resolved = settings.resolve(cfg, device, group.world)
+        folder = rundir.RunFolder(Path(group.broadcast(str(out_dir))), owner=group.rank == 0)
         group.on_rank0(folder.lock)  # refused here if the folder is not ours to write
-        rundir.check_writable(out_dir)  # from every rank (another node, maybe)
+        rundir.check_writable(folder.path)  # from every rank (another node, maybe)
         try:
-            return _run(cfg, folder, group, settings, stopper, started)
+            return _run(cfg, resolved, folder, group, stopper, started)
         finally:
             folder.unlock()
 
 
 def _run(
     cfg: Config,
+    resolved: settings.Settings,
     folder: rundir.RunFolder,
     group: distributed.Group,
-    settings: plan.Settings,
     stopper: stop.Stop,
     started: dt.datetime,
 ) -> dict[str, Any] | None:
     hint = resume_hint(folder.path)
     stopper.check(hint)
-    split, space, real, loaded = load_inputs(cfg, group)
-    rows = distributed.plan_rows(split.num_rows, cfg)
+    inputs = load_inputs(cfg, group)
     the_plan = plan.build(
         cfg,
-        settings,
-        split_name=split.name,
-        num_rows=split.num_rows,
-        fingerprint=split.fingerprint,
-        image_column=split.image_column,
-        rows=rows,
-        loaded=loaded,
-        labels=space,
-        real=real,
+        resolved,
+        split=inputs.split,
+        rows=distributed.plan_rows(inputs.split.num_rows, cfg),
+        model=inputs.model,
+        labels=inputs.labels,
+        real=inputs.real,
         started=started,
     )
-    schema = write.schema(space.label_type, real=real is not None)
-    todo = group.on_rank0(lambda: missing_rows(folder, the_plan, schema, rows))
+    todo = group.on_rank0(lambda: missing_rows(folder, the_plan))
     if todo is None:
-        if group.rank != 0:
-            return None
-        print(f"{folder.path} is already complete; nothing to do")
-        return pd.read_parquet(folder.path / rundir.METRICS).iloc[0].to_dict()
+        return already_complete(folder.path) if group.rank == 0 else None
     mine = distributed.share(todo, group)
-    if real is not None:
-        positions = data.positions_of(mine, split.num_rows or 0)
-        real.check(
-            splits.row_ids(split, positions, cfg.dataset.id_column),
-            positions.tolist(),
-            data.imagenet_labels(split, space, cfg.dataset.label_column, positions),
-        )
+    check_real(inputs, mine)
     stopper.check(hint)
-    net = model.place(
-        loaded.model, settings.device, channels_last=cfg.channels_last, compile=cfg.compile
-    )
-    scored, wall = score_rows(
-        cfg,
-        split,
-        loaded,
-        net,
-        settings=settings,
-        folder=folder,
-        todo=mine,
-        space=space,
-        real=real,
-        schema=schema,
-        stopper=stopper,
-        show=group.rank == 0,
-    )
-    total, wall = group.reduce(scored, "sum"), group.reduce(wall, "max")
-    stopper.check(hint, signum=int(group.reduce(stopper.signum or 0, "max")))
+    scored, wall = score_rows(the_plan, inputs, folder, mine, stopper, show=group.rank == 0)
+    scored, wall = int(sum(group.gather(scored))), max(group.gather(wall))  # all ranks
+    stopper.check(hint, signum=int(max(group.gather(stopper.signum or 0))))
     group.barrier()
     if group.rank != 0:
         return None
-    timing = {"images_per_sec": total / wall if wall > 0 else 0.0, "wall_seconds": wall}
-
-    def metrics_row(predictions: Path) -> dict[str, Any]:
-        row = metrics.accuracy(str(predictions)) | the_plan.columns() | timing
-        return row | metrics.published(row)
-
-    result = folder.finish(schema, *rows, metrics_row)
-    print_summary(result, folder.path)
-    check_scored(result, folder.path)
-    return result
+    return finish(folder, the_plan, scored=scored, wall=wall)
 
 
-def check_scored(row: dict[str, Any], out_dir: Path) -> None:
-    """A finished run that scored no image is a failure the user must see (exit non-zero),
-    though its folder, every row's error included, is complete."""
-    if row["n_scored"] == 0:
-        what = (
-            f"none of its {row['n_images']} images could be scored"
-            if row["n_images"]
-            else ("the split has no rows to score")
-        )
-        raise UserError(f"{out_dir}: {what}; see the error column of {rundir.PREDICTIONS}")
-
-
-def load_inputs(
-    cfg: Config, group: distributed.Group
-) -> tuple[splits.Split, labels.LabelSpace, labels.RealLabels | None, model.LoadedModel]:
+def load_inputs(cfg: Config, group: distributed.Group) -> Inputs:
     """The split, what its labels mean, the ReaL labels if asked for, and the model: in
     that order, so that a label refusal never waits for the weights."""
     model.start_hashing(cfg.model.arch, cfg.model.weights)  # while the dataset loads
     split = group.rank0_first(lambda: splits.load_split(source(cfg)))
-    space = resolve_labels(cfg, split)
-    real = load_real(cfg, split)
-    return split, space, real, model.load_model(**asdict(cfg.model))
+    return Inputs(
+        split=split,
+        labels=resolve_labels(cfg, split),
+        real=load_real(cfg, split),
+        model=model.load_model(**asdict(cfg.model)),
+    )
 
 
 def source(cfg: Config) -> splits.Source:
     """The split's source, from dataset.* of the config."""
     d = cfg.dataset
-    return splits.Source(
-        **{
-            f.name: plain(getattr(d, f.name))
-            for f in fields(splits.Source)
-            if f.name != "image_roots"
-        },
-        image_roots=tuple(d.image_roots),
-    )
+    given = {f.name: plain(getattr(d, f.name)) for f in fields(splits.Source)}
+    return splits.Source(**given | {"image_roots": tuple(d.image_roots)})
 
 
 def resolve_labels(cfg: Config, split: splits.Split) -> labels.LabelSpace:
@@ -181,13 +139,13 @@ def resolve_labels(cfg: Config, split: splits.Split) -> labels.LabelSpace:
         split.table.features,
         label_column=column,
         classes=cfg.dataset.classes,
-        restrict=str(cfg.dataset.restrict).lower(),
+        restrict=cfg.dataset.restrict,
         folder_names=splits.folder_names(split) if column else None,
         string_values=splits.string_values(split, column),
     )
 
 
-def load_real(cfg: Config, split: splits.Split) -> labels.RealLabels | None:
+def load_real(cfg: Config, split: splits.Split) -> RealLabels | None:
     if cfg.metrics.real_labels is None:
         return None
     if split.num_rows is None:
@@ -195,18 +153,16 @@ def load_real(cfg: Config, split: splits.Split) -> labels.RealLabels | None:
             "metrics.real_labels needs dataset.streaming=false: every row's file name is "
             "checked against the ReaL file before scoring"
         )
-    return labels.RealLabels.load(cfg.metrics.real_labels)
+    return RealLabels.load(cfg.metrics.real_labels)
 
 
-def missing_rows(
-    folder: rundir.RunFolder, the_plan: plan.RunPlan, schema: Any, rows: tuple[int, int | None]
-) -> data.Todo | None:
+def missing_rows(folder: rundir.RunFolder, the_plan: plan.RunPlan) -> data.Todo | None:
     """Rank 0: record (or check) the plan, then the rows no valid part holds; None when the
     folder is finished."""
-    folder.check_plan(the_plan.record())
+    folder.check_plan(the_plan)
     if folder.finished:
         return None
-    coverage = folder.scan(schema, *rows)
+    coverage = folder.scan()
     done = sum(b - a for _, a, b in coverage.segments)
     if done:
         log.info(
@@ -217,104 +173,158 @@ def missing_rows(
     return coverage.missing
 
 
+def already_complete(out_dir: Path) -> dict[str, Any]:
+    print(f"{out_dir} is already complete; nothing to do")
+    return pd.read_parquet(out_dir / rundir.METRICS).iloc[0].to_dict()
+
+
+def check_real(inputs: Inputs, todo: data.Todo) -> None:
+    """With ReaL labels, every row to score must name its val image, before any is."""
+    if inputs.real is None:
+        return
+    split = inputs.split
+    positions = data.positions_of(todo, split.num_rows or 0)
+    inputs.real.check(
+        splits.row_ids(split, positions, split.source.id_column),
+        positions.tolist(),
+        data.imagenet_labels(split, inputs.labels, positions),
+    )
+
+
 def score_rows(
-    cfg: Config,
-    split: splits.Split,
-    loaded: model.LoadedModel,
-    net: torch.nn.Module,
-    *,
-    settings: plan.Settings,
+    the_plan: plan.RunPlan,
+    inputs: Inputs,
     folder: rundir.RunFolder,
     todo: data.Todo,
-    space: labels.LabelSpace,
-    real: labels.RealLabels | None,
-    schema: Any,
     stopper: stop.Stop,
+    *,
     show: bool,
 ) -> tuple[int, float]:
     """Score the rows in `todo`, committing parts as they come; (images scored, seconds)."""
-    device = settings.device
-    preprocess = Preprocess.from_transforms(loaded.transforms, cfg.backend.value)
-    batches = data.iter_batches(
-        split,
-        todo=todo,
-        batch_size=cfg.batch_size,
-        num_workers=settings.workers,
-        pin_memory=device.type == "cuda",
-        chunk_rows=max(cfg.batch_size * max(settings.workers, 1) * 8, 1024),
-        labels=space,
-        label_column=cfg.dataset.label_column,
-        id_column=cfg.dataset.id_column,
-        preprocess=preprocess,
+    p, device = the_plan, torch.device(the_plan.device)
+    net = model.place(inputs.model.model, device, channels_last=p.channels_last, compile=p.compile)
+    preprocess = Preprocess.from_transforms(inputs.model.transforms, p.backend)
+    batches = make_batches(p, inputs, todo, preprocess)
+    writer = predictions.PredictionWriter(
+        folder.commit_part,
+        list(p.categories),
+        p.schema,
+        commit_rows=p.commit_rows,
+        real=inputs.real,
     )
-    writer = write.PredictionWriter(
-        folder.commit_part, loaded.categories, schema, commit_rows=cfg.commit_rows, real=real
-    )
-    mask = None
-    if space.subset is not None:
-        mask = torch.zeros(len(loaded.categories), dtype=torch.bool)
-        mask[list(space.subset)] = True
-    bar = tqdm(
-        total=rundir.rows_of(todo),
-        unit="img",
-        disable=not (cfg.progress and show),
-        dynamic_ncols=True,
-    )
+    bar = tqdm(total=rundir.rows_of(todo), unit="img", disable=not (p.progress and show))
     t0 = time.perf_counter()
     try:
-        with contextlib.closing(batches), inference.threads_per_stream(settings.streams, device):
+        with (
+            loop_faults(folder.path, device, p.batch_size),
+            contextlib.closing(batches),
+            inference.threads_per_stream(p.streams, p.threads, device),
+        ):
             scored = inference.score(
                 batches,
                 writer,
                 net,
                 preprocess,
                 device=device,
-                amp=settings.amp,
-                streams=settings.streams,
-                on_error=cfg.on_error.value,
-                channels_last=cfg.channels_last,
+                amp=p.amp_dtype,
+                streams=p.streams,
+                on_error=p.on_error,
+                channels_last=p.channels_last,
                 progress=bar,
-                mask=mask,
+                mask=inference.output_mask(inputs.labels.subset, len(p.categories)),
                 should_stop=lambda: stopper.requested,
             )
-    except torch.OutOfMemoryError:  # outside the forward: pinned host memory, say
+    finally:
+        writer.commit()  # what was scored before a failure or a stop is kept for the resume
+    return scored, time.perf_counter() - t0
+
+
+def make_batches(
+    the_plan: plan.RunPlan, inputs: Inputs, todo: data.Todo, preprocess: Preprocess
+) -> Generator[dict[str, Any], None, None]:
+    """The DataLoader batches of the rows to score; a streamed split is read in chunks of
+    enough rows to keep every worker busy."""
+    p = the_plan
+    return data.iter_batches(
+        inputs.split,
+        todo=todo,
+        batch_size=p.batch_size,
+        num_workers=p.num_workers,
+        pin_memory=p.device_type == "cuda",
+        chunk_rows=max(p.batch_size * max(p.num_workers, 1) * 8, 1024),
+        labels=inputs.labels,
+        preprocess=preprocess,
+    )
+
+
+@contextlib.contextmanager
+def loop_faults(out_dir: Path, device: torch.device, batch_size: int) -> Iterator[None]:
+    """Faults of the loop a user can act on, as one line with the resume hint: out of memory
+    outside the forward (pinned host memory, say), a DataLoader worker that died."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
         raise UserError(
-            f"Out of memory feeding {device} at batch_size={cfg.batch_size}. "
-            f"{resume_hint(folder.path)}"
+            f"Out of memory feeding {device} at batch_size={batch_size}. {resume_hint(out_dir)}"
         ) from None
     except RuntimeError as e:
         if "DataLoader worker" not in str(e):
             raise
         raise UserError(
-            f"A data worker died ({str(e).splitlines()[0]}). {resume_hint(folder.path)}"
+            f"A data worker died ({str(e).splitlines()[0]}). {resume_hint(out_dir)}"
         ) from e
-    finally:
-        writer.commit()  # what was scored before a failure or a stop is kept for the resume
-    return scored, time.perf_counter() - t0
+
+
+def finish(
+    folder: rundir.RunFolder, the_plan: plan.RunPlan, *, scored: int, wall: float
+) -> dict[str, Any]:
+    """The parts merged into predictions.parquet, the metrics row written (marking the
+    folder finished) and printed; a run that scored nothing is then a failure."""
+    predictions_file = folder.merge_parts()
+    scores = replace(
+        metrics.accuracy(predictions_file),
+        images_per_sec=scored / wall if wall > 0 else 0.0,
+        wall_seconds=wall,
+    )
+    scores = metrics.with_published(the_plan, scores)
+    row = metrics.row(the_plan, scores)
+    folder.finish(row)
+    print_summary(the_plan, scores, folder.path)
+    check_scored(scores, folder.path)
+    return row
+
+
+def check_scored(scores: metrics.Scores, out_dir: Path) -> None:
+    """A finished run that scored no image is a failure the user must see (exit non-zero),
+    though its folder, every row's error included, is complete."""
+    if scores.n_scored == 0:
+        what = (
+            f"none of its {scores.n_images} images could be scored"
+            if scores.n_images
+            else "the split has no rows to score"
+        )
+        raise UserError(f"{out_dir}: {what}; see the error column of {rundir.PREDICTIONS}")
 
 
 def resume_hint(out_dir: Path) -> str:
     return f"Run again with output_dir={out_dir} to finish the rest."
 
 
-def print_summary(r: dict[str, Any], out_dir: Path) -> None:
-    line = (
-        f"top-1 {number(r['top1'])}  top-5 {number(r['top5'])}  ({r['n_labeled']} labeled)  "
-        f"images {r['n_images']}  errors {r['n_errors']}  {r['images_per_sec']:.1f} img/s"
+def print_summary(the_plan: plan.RunPlan, s: metrics.Scores, out_dir: Path) -> None:
+    print(
+        f"top-1 {number(s.top1)}  top-5 {number(s.top5)}  ({s.n_labeled} labeled)  "
+        f"images {s.n_images}  errors {s.n_errors}  {s.images_per_sec:.1f} img/s"
     )
-    print(line)
-    restricted = ", outputs restricted to these classes" if r["restricted"] else ""
-    print(f"label space: {r['label_space']} ({r['label_source']}){restricted}")
-    if "real_top1" in r:
-        print(
-            f"ImageNet-ReaL top-1 {number(r['real_top1'])}  ({r['n_real']} images with ReaL labels)"
-        )
-    check = metrics.published_check(r)
+    restricted = ", outputs restricted to these classes" if the_plan.restricted else ""
+    print(f"label space: {the_plan.label_space} ({the_plan.label_source}){restricted}")
+    if s.n_real is not None:
+        print(f"ImageNet-ReaL top-1 {number(s.real_top1)}  ({s.n_real} images with ReaL labels)")
+    check = metrics.published_check(the_plan, s)
     if check:
         print(check)
-    if r["n_errors"]:
+    if s.n_errors:
         print(
-            f"{r['n_errors']} image(s) could not be scored: see the `error` column; "
+            f"{s.n_errors} image(s) could not be scored: see the `error` column; "
             "they are left out of top-1/top-5"
         )
     print(f"wrote {out_dir / rundir.PREDICTIONS} and {out_dir / rundir.METRICS}")

@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import UserError
+from pipeline.plan import RESULTS, RunPlan
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +219,7 @@ def list_parts(parts_dir: Path) -> list[Part]:
     return sorted(found, key=lambda q: (q.first, q.stop))
 
 
-def damage(path: Path, first: int, stop: int, schema: pa.Schema) -> str | None:
+def why_damaged(path: Path, first: int, stop: int, schema: pa.Schema) -> str | None:
     """Why a part file cannot be trusted (None when it can): its footer, row count, columns
     and `index` must all agree with the rows its name claims."""
     try:
@@ -280,6 +281,7 @@ class RunFolder:
     def __init__(self, path: Path, *, owner: bool) -> None:
         self.path, self.owner = path, owner
         self.parts_dir = path / PARTS
+        self.plan: RunPlan | None = None  # once check_plan has stored it
         self._lock: int | None = None
 
     def lock(self) -> None:
@@ -300,11 +302,12 @@ class RunFolder:
     def finished(self) -> bool:
         return (self.path / METRICS).exists()
 
-    def check_plan(self, record: dict[str, Any]) -> None:
+    def check_plan(self, plan: RunPlan) -> None:
         """Store the plan; a folder made under another plan is refused, naming what differs.
-        Only the "results" part must agree: batch size, workers and the like may change."""
-        refuse_other_plan(self.path, record)
-        write_json(self.path / RUN_FILE, record)
+        Only the results must agree: batch size, workers and the like may change."""
+        refuse_other_plan(self.path, plan)
+        write_json(self.path / RUN_FILE, plan.record())
+        self.plan = plan
 
     def clean(self) -> None:
         """Remove what interrupted writes left: our temporary files, and the parts of a run
@@ -323,12 +326,13 @@ class RunFolder:
             with contextlib.suppress(OSError):  # absent, or holding something not ours
                 folder.rmdir()
 
-    def scan(self, schema: pa.Schema, start: int, stop: int | None) -> Coverage:
-        """Validate every part; move damaged ones to parts/damaged/ (their rows are then
-        missing and scored again)."""
-        good = []
+    def scan(self) -> Coverage:
+        """Validate every part against the plan; move damaged ones to parts/damaged/ (their
+        rows are then missing and scored again)."""
+        assert self.plan is not None, "check_plan first"
+        schema, good = self.plan.schema, []
         for part in list_parts(self.parts_dir):
-            reason = damage(part.path, part.first, part.stop, schema)
+            reason = why_damaged(part.path, part.first, part.stop, schema)
             if reason is None:
                 good.append(part)
                 continue
@@ -341,7 +345,7 @@ class RunFolder:
                 reason,
                 aside.parent,
             )
-        return cover(good, start, stop)
+        return cover(good, *self.plan.rows)
 
     def commit_part(self, table: pa.Table) -> None:
         """One part of consecutive rows; once this returns it survives any crash."""
@@ -352,16 +356,10 @@ class RunFolder:
         path = self.parts_dir / PART_NAME.format(first, stop)
         durable_write(path, lambda tmp: pq.write_table(table, tmp))
 
-    def finish(
-        self,
-        schema: pa.Schema,
-        start: int,
-        stop: int | None,
-        metrics_row: Callable[[Path], dict[str, Any]],
-    ) -> dict[str, Any]:
-        """Merge the parts into predictions.parquet (split order, each row once), then write
-        metrics.parquet, which marks the folder finished; then drop the parts."""
-        coverage = self.scan(schema, start, stop)
+    def merge_parts(self) -> Path:
+        """All the plan's rows, each once, from the parts into predictions.parquet, in split
+        order (refused while a row is not committed)."""
+        coverage = self.scan()
         gaps = [m for m in coverage.missing if m[1] is not None]
         if gaps:
             a, b = gaps[0]
@@ -369,12 +367,14 @@ class RunFolder:
                 f"Rows {a}..{b} of {self.path} are not committed; run again to score them"
             )
         predictions = self.path / PREDICTIONS
-        write_segments(coverage.segments, predictions, schema)
-        row = metrics_row(predictions)
-        write_metrics(self.path / METRICS, row)
+        write_segments(coverage.segments, predictions, self.plan.schema)  # type: ignore[union-attr]
+        return predictions
+
+    def finish(self, metrics_row: dict[str, Any]) -> None:
+        """Write metrics.parquet, which marks the folder finished; then drop the parts."""
+        write_metrics(self.path / METRICS, metrics_row)
         self.remove_parts()
         (self.path / ERROR_FILE).unlink(missing_ok=True)  # from an earlier, failed attempt
-        return row
 
 
 @contextlib.contextmanager
@@ -388,13 +388,12 @@ def open_folder(path: Path) -> Iterator[RunFolder]:
         folder.unlock()
 
 
-def refuse_other_plan(path: Path, record: dict[str, Any]) -> None:
+def refuse_other_plan(path: Path, plan: RunPlan) -> None:
     """A folder whose run.json holds another plan's results is refused, naming what differs
     (read only: the check can come before anything is written)."""
     if not (path / RUN_FILE).exists():
         return
-    now = json.loads(json.dumps(finite(record), default=str))  # as run.json would hold it
-    diff = plan_difference(read_plan(path)["results"], now["results"])
+    diff = plan_difference(read_plan(path).part(RESULTS), plan.part(RESULTS))
     if diff:
         raise UserError(
             f"{path} holds a run made under other settings ({diff}); "
@@ -417,8 +416,9 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def read_plan(path: Path) -> dict[str, Any]:
-    """A run folder's run.json; one line when there is none or it is not this pipeline's."""
+def read_plan(path: Path) -> RunPlan:
+    """A run folder's plan, from its run.json; one line when there is none, or it is not a
+    plan of this version of the pipeline."""
     file = path / RUN_FILE
     if not file.exists():
         raise UserError(f"{path} is not a run folder of this pipeline (no {RUN_FILE})")
@@ -426,12 +426,7 @@ def read_plan(path: Path) -> dict[str, Any]:
         record = json.loads(file.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"{file} cannot be read: {e}") from None
-    if not (isinstance(record, dict) and isinstance(record.get("results"), dict)):
-        raise UserError(
-            f"{file} is not this pipeline's run record (or comes from an older version of it); "
-            f"use a new output folder"
-        )
-    return record
+    return RunPlan.from_record(record, file)
 
 
 def write_segments(

@@ -59,6 +59,7 @@ class Split:
     image_column: str  # the configured one, or the one found for "auto"
     builder: str | None  # datasets' builder: imagefolder, parquet, webdataset, ...
     fingerprint: str | None  # datasets' fingerprint (None when streaming)
+    source: Source  # what was asked for (image_column "auto" is resolved above)
     files: tuple[str, ...] = ()  # the split's data files, where `datasets` listed them
 
 
@@ -67,33 +68,7 @@ def load_split(source: Source) -> Split:
     with split=None, the data's only split."""
     import datasets
 
-    path, split = source.path, source.split
-    files: tuple[str, ...] = ()
-    try:
-        if os.path.isdir(path) and any(
-            os.path.exists(os.path.join(path, m)) for m in SAVED_DATASET_MARKERS
-        ):
-            table = _load_saved(path, split)
-        else:
-            builder = _builder(source)
-            available = [str(s) for s in builder.config.data_files or builder.info.splits or []]
-            split = choose_split(available, path) if split is None else split
-            check_split(split, available, path)
-            data_files = builder.config.data_files or {}
-            files = tuple(str(f) for n in split_names(split) for f in data_files.get(n, ()))
-            if source.streaming:
-                table = builder.as_streaming_dataset(split=split)
-            else:
-                builder.download_and_prepare()
-                table = builder.as_dataset(split=split)
-    except UserError:
-        raise
-    except Exception as e:  # datasets raises many types; all mean "could not load"
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "reach" in reason:  # no network, or offline mode without a cached copy
-            reason += "; offline, use a cached copy (HF_DATASETS_OFFLINE=1) or a local path"
-        which = f" split '{split}'" if split else ""
-        raise UserError(f"Could not load dataset '{path}'{which}: {reason}") from e
+    table, split, files = _load_table(source)
     features = table.features or {}
     image_column = _image_column(features, source.image_column)
     for role, column in (("label", source.label_column), ("id", source.id_column)):
@@ -104,17 +79,46 @@ def load_split(source: Source) -> Split:
             )
     builder = getattr(table.info, "builder_name", None)
     fingerprint = None if source.streaming else getattr(table, "_fingerprint", None)
-    table = table.cast_column(image_column, datasets.Image(decode=False))
     return Split(
-        table=table,
+        table=table.cast_column(image_column, datasets.Image(decode=False)),
         name=str(table.split) if getattr(table, "split", None) else (split or ""),
         num_rows=None if source.streaming else len(table),
         roots=_roots(source, walked=builder in FOLDER_BUILDERS),
         image_column=image_column,
         builder=builder,
         fingerprint=fingerprint,
+        source=source,
         files=files,
     )
+
+
+def _load_table(source: Source) -> tuple[Any, str | None, tuple[str, ...]]:
+    """(the split's table, the split's name, its data files); every failure of `datasets`
+    is one line naming the dataset."""
+    path, split = source.path, source.split
+    try:
+        if os.path.isdir(path) and any(
+            os.path.exists(os.path.join(path, m)) for m in SAVED_DATASET_MARKERS
+        ):
+            return _load_saved(path, split), split, ()
+        builder = _builder(source)
+        available = [str(s) for s in builder.config.data_files or builder.info.splits or []]
+        split = choose_split(available, path) if split is None else split
+        check_split(split, available, path)
+        data_files = builder.config.data_files or {}
+        files = tuple(str(f) for n in split_names(split) for f in data_files.get(n, ()))
+        if source.streaming:
+            return builder.as_streaming_dataset(split=split), split, files
+        builder.download_and_prepare()
+        return builder.as_dataset(split=split), split, files
+    except UserError:
+        raise
+    except Exception as e:  # datasets raises many types; all mean "could not load"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "reach" in reason:  # no network, or offline mode without a cached copy
+            reason += "; offline, use a cached copy (HF_DATASETS_OFFLINE=1) or a local path"
+        which = f" split '{split}'" if split else ""
+        raise UserError(f"Could not load dataset '{path}'{which}: {reason}") from e
 
 
 def split_names(spec: str) -> list[str]:
@@ -244,17 +248,8 @@ def _folder_files(folder: str) -> Any:
     search = getattr(df, "_get_data_files_patterns", None)
     if search is None or not hasattr(df, "DataFilesList"):
         return None
-    files, mtimes = [], {}
-    for root, dirs, names in os.walk(folder, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith((".", "__"))]
-        rel = os.path.relpath(root, folder).replace(os.sep, "/")
-        for name in names:
-            full = os.path.join(root, name)
-            if name.startswith(".") or name in df.FILES_TO_IGNORE or not os.path.isfile(full):
-                continue
-            files.append(name if rel == "." else f"{rel}/{name}")
-            mtimes[files[-1]] = str(os.stat(full).st_mtime)
-    files.sort()
+    mtimes = _walk(folder, ignored=df.FILES_TO_IGNORE)
+    files = sorted(mtimes)
 
     def matches(pattern: str) -> list[str]:
         regex = re.compile(glob_translate(pattern))
@@ -278,6 +273,22 @@ def _folder_files(folder: str) -> Any:
         paths = [os.path.join(base, f).replace(os.sep, "/") for f in chosen]
         out[str(split)] = df.DataFilesList(paths, [(mtimes[f],) for f in chosen])
     return out
+
+
+def _walk(folder: str, *, ignored: Any) -> dict[str, str]:
+    """Every data file under `folder` (relative, with '/') and its modification time, by
+    `datasets`' rules: hidden and `__special__` folders, hidden files and its ignored names
+    left out; linked folders followed."""
+    mtimes = {}
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith((".", "__"))]
+        rel = os.path.relpath(root, folder).replace(os.sep, "/")
+        for name in names:
+            full = os.path.join(root, name)
+            if name.startswith(".") or name in ignored or not os.path.isfile(full):
+                continue
+            mtimes[name if rel == "." else f"{rel}/{name}"] = str(os.stat(full).st_mtime)
+    return mtimes
 
 
 def _roots(source: Source, *, walked: bool) -> Roots:

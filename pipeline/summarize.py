@@ -19,7 +19,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import rundir, stats
+from pipeline import metrics, rundir, stats
 from pipeline.errors import UserError, one_line
 
 COLUMNS = [
@@ -66,11 +66,7 @@ def job_row(job_dir: Path, number: int, overrides: list[str]) -> dict[str, Any]:
             "amp": cfg.amp,
         }
     if (job_dir / rundir.METRICS).exists():
-        m = pd.read_parquet(job_dir / rundir.METRICS).iloc[0]
-        keep = ["top1", "top5", "n_images", "n_errors", "images_per_sec", "device", "amp"]
-        keep += ["label_space"] if "label_space" in m else []
-        status = "done" if m["n_scored"] else "failed: no image could be scored"
-        return row | {k: m[k] for k in keep} | intervals(m) | {"status": status}
+        return row | finished(job_dir)
     if (job_dir / rundir.ERROR_FILE).exists():
         return row | {"status": f"failed: {(job_dir / rundir.ERROR_FILE).read_text().strip()}"}
     committed = rundir.committed_rows(job_dir)
@@ -79,13 +75,23 @@ def job_row(job_dir: Path, number: int, overrides: list[str]) -> dict[str, Any]:
     return row | {"status": "no results yet" if job_dir.exists() else "not started"}
 
 
-def intervals(m: pd.Series) -> dict[str, str]:
-    """95% Wilson intervals of top-1 and top-5, as '[low, high]' in percent."""
-    out = {}
+def finished(job_dir: Path) -> dict[str, Any]:
+    """A finished job's numbers, from its plan and its metrics row, with 95% Wilson
+    intervals of top-1 and top-5 as '[low, high]' in percent."""
+    the_plan, s = rundir.read_plan(job_dir), metrics.read(job_dir / rundir.METRICS)
+    out: dict[str, Any] = {
+        "device": the_plan.device,
+        "amp": the_plan.amp,
+        "label_space": the_plan.label_space,
+        "status": "done" if s.n_scored else "failed: no image could be scored",
+    }
     for key in ("top1", "top5"):
-        low, high = stats.percent_interval(m[key], int(m["n_labeled"]))
-        out[f"{key}_ci95"] = f"[{stats.number(low, 2)}, {stats.number(high, 2)}]"
-    return out
+        low, high = stats.percent_interval(getattr(s, key), s.n_labeled)
+        out |= {
+            key: getattr(s, key),
+            f"{key}_ci95": f"[{stats.number(low, 2)}, {stats.number(high, 2)}]",
+        }
+    return out | {k: getattr(s, k) for k in ("n_images", "n_errors", "images_per_sec")}
 
 
 def summarize(sweep_dir: Path) -> pd.DataFrame:

@@ -20,6 +20,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 from torchvision.transforms.v2 import functional as F2
 
+from pipeline.config import Backend
 from pipeline.images import Roots, error_reason, open_image, orientation, read_bytes, to_rgb
 
 FAST_FORMATS = {"JPEG", "PNG", "WEBP", "GIF"}  # what the tensor decoders read
@@ -49,10 +50,10 @@ class Preprocess:
     interpolation: InterpolationMode
     mean: list[float]
     std: list[float]
-    backend: str = "pil"
+    backend: Backend = Backend.pil
 
     @classmethod
-    def from_transforms(cls, transforms: Any, backend: str = "pil") -> Preprocess:
+    def from_transforms(cls, transforms: Any, backend: Backend = Backend.pil) -> Preprocess:
         """Take the numbers from a torchvision `weights.transforms()`; never hand-typed."""
         return cls(
             resize_size=list(transforms.resize_size),
@@ -69,10 +70,11 @@ class Preprocess:
         data = read_bytes(image, roots)
         header = open_image(data)  # reads the header only: format, mode, bomb check
         plain_jpeg = header.format == "JPEG" and header.mode in ("RGB", "L")
-        if self.backend == "device" and plain_jpeg and orientation(header) == 1:
+        if self.backend is Backend.device and plain_jpeg and orientation(header) == 1:
             # others (and rotated JPEGs) are decoded here, where orientation is handled
             return Encoded(torch.frombuffer(bytearray(data), dtype=torch.uint8))
-        if self.backend != "pil" and header.format in FAST_FORMATS and header.mode in FAST_MODES:
+        fast = header.format in FAST_FORMATS and header.mode in FAST_MODES
+        if self.backend is not Backend.pil and fast:
             pixels = decode_tensor(data, orientation(header))
             return self.resize_crop(pixels[None])[0]
         return self.crop(to_rgb(header))

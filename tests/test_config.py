@@ -125,8 +125,9 @@ def test_values_out_of_range_are_refused(config, override, message):
         check_values(config(override))
 
 
-def test_restrict_takes_auto_or_false(config):
-    """dataset.restrict is auto or false (any case, as Hydra parses false); else one line."""
-    check_values(config("dataset.restrict=false"))
-    with pytest.raises(UserError, match=r"dataset.restrict=maybe; valid: auto or false"):
-        check_values(config("dataset.restrict=maybe"))
+def test_restrict_is_true_or_false(config):
+    """dataset.restrict is a bool (true by default); anything else is one line."""
+    assert config().dataset.restrict is True
+    assert config("dataset.restrict=false").dataset.restrict is False
+    with pytest.raises(UserError, match=r"dataset.restrict=maybe; it must be true or false"):
+        check_command_line(["dataset.restrict=maybe"])

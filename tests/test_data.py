@@ -115,8 +115,6 @@ def test_streaming_yields_the_same_batches_as_map_style(parquet_file):
         pin_memory=False,
         chunk_rows=4,
         labels=IDENTITY,
-        label_column="label",
-        id_column=None,
         preprocess=pre,
     )
     out = []
@@ -178,6 +176,8 @@ def test_folder_data_files_match_datasets_own_search(tmp_path, layout):
 
 
 def test_folder_without_data_files_is_left_to_datasets(tmp_path):
+    """A folder whose only files are hidden has no data files of its own: the split search
+    is left to `datasets` (which then says what is wrong)."""
     (tmp_path / ".hidden").mkdir()
     (tmp_path / ".hidden" / "a.jpg").write_bytes(b"x")
     assert splits._folder_files(str(tmp_path)) is None

@@ -12,13 +12,14 @@ from helpers import jpeg, photo, realistic_split
 from PIL import Image
 from torchvision.models import AlexNet_Weights
 
-from pipeline import inference, run, transforms
+from pipeline import run, settings, transforms
+from pipeline.config import Backend
 from pipeline.errors import UserError
 from pipeline.images import Roots
 
 TRANSFORMS = AlexNet_Weights.IMAGENET1K_V1.transforms()
-PIL_PRE = transforms.Preprocess.from_transforms(TRANSFORMS, "pil")
-FAST_PRE = transforms.Preprocess.from_transforms(TRANSFORMS, "tensor")
+PIL_PRE = transforms.Preprocess.from_transforms(TRANSFORMS, Backend.pil)
+FAST_PRE = transforms.Preprocess.from_transforms(TRANSFORMS, Backend.tensor)
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -146,15 +147,21 @@ def test_concurrent_streams_land_in_order_with_the_same_results(
     ],
 )
 def test_streams_mistakes_name_what_is_valid(value, device, compile, message):
+    """streams= takes auto or a count; more than one only on CPU and without compile."""
     with pytest.raises(UserError, match=message):
-        inference.resolve_streams(value, torch.device(device), compile=compile)
+        settings.resolve_streams(value, torch.device(device), compile=compile, threads=4)
 
 
-def test_streams_auto_splits_cpu_cores_and_keeps_one_on_gpu():
-    cores = torch.get_num_threads()
-    assert inference.resolve_streams("auto", torch.device("cpu"), compile=False) == min(4, cores)
-    assert inference.resolve_streams("auto", torch.device("cpu"), compile=True) == 1
-    assert inference.resolve_streams("auto", torch.device("cuda"), compile=False) == 1
+@pytest.mark.parametrize("threads", [1, 2, 3, 8, 64])
+def test_streams_auto_gives_every_cpu_stream_a_thread_and_a_gpu_one(threads):
+    """streams=auto on CPU runs several forwards, each with at least one of the model's
+    threads and never more than 4; compiled or on a GPU, one stream."""
+    cpu = settings.resolve_streams("auto", torch.device("cpu"), compile=False, threads=threads)
+    assert 1 <= cpu <= min(threads, 4) and (cpu > 1) == (threads > 1)
+    assert settings.resolve_streams("auto", torch.device("cpu"), compile=True, threads=threads) == 1
+    assert (
+        settings.resolve_streams("auto", torch.device("cuda"), compile=False, threads=threads) == 1
+    )
 
 
 def oriented(fmt: str, value: int) -> bytes:
@@ -194,7 +201,7 @@ def test_device_backend_agrees_with_the_exact_mode(config, tmp_path, peaked_chec
 def test_device_backend_takes_rotated_jpegs_in_the_worker():
     """A JPEG with EXIF orientation is decoded in the worker (where orientation is undone);
     a plain one is left encoded for the device; other formats are cropped in the worker."""
-    device = transforms.Preprocess.from_transforms(TRANSFORMS, "device")
+    device = transforms.Preprocess.from_transforms(TRANSFORMS, Backend.device)
     assert isinstance(
         device({"bytes": oriented("JPEG", 1), "path": None}, Roots()), transforms.Encoded
     )

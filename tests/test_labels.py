@@ -513,32 +513,31 @@ def test_real_labels_refuse_rows_that_are_not_val_images(config, tmp_path):
         run.evaluate(config(*base, *data), tmp_path / "c")
 
 
-def test_published_numbers_are_checked_only_on_the_full_val_split():
+def test_published_numbers_are_checked_only_on_the_full_val_split(config, tmp_path):
     """The summary compares with torchvision's published numbers only for torchvision's
     weights on all 50,000 val images in ImageNet-1k's label space, flagging a gap > 0.1."""
-    row = {
-        "model": "alexnet",
-        "weights": "IMAGENET1K_V1",
-        "label_space": "imagenet-1k",
-        "n_images": 50_000,
-        "n_scored": 50_000,
-        "n_labeled": 50_000,
-        "limit": None,
-        "dataset_rows": 50_000,
-        "split": "validation",
-        "top1": 56.522,
-        "top5": 79.066,
-    }
-    line = metrics.published_check(row | metrics.published(row))
+    from dataclasses import replace
+
+    run.evaluate(config("model.weights=none"), tmp_path / "sample")
+    full = replace(
+        rundir.read_plan(tmp_path / "sample"),
+        weights="IMAGENET1K_V1",
+        label_space="imagenet-1k",
+        dataset_rows=50_000,
+        limit=None,
+        split="validation",
+    )
+    scores = metrics.Scores(50_000, 50_000, 0, 50_000, top1=56.522, top5=79.066)
+    line = metrics.published_check(full, metrics.with_published(full, scores))
     assert "top-1 56.522, top-5 79.066; this run +0.000 / +0.000" in line and "WARNING" not in line
-    off = row | {"top1": 56.3}
-    assert "WARNING" in metrics.published_check(off | metrics.published(off))
-    for other in (
-        {"n_images": 49_999},
-        {"dataset_rows": 100_000},
-        {"weights": "none"},
-        {"label_space": "subset:200"},
-        {"limit": 10},
+    off = metrics.with_published(full, replace(scores, top1=56.3))
+    assert "WARNING" in metrics.published_check(full, off)
+    for plan, counted in (
+        (full, replace(scores, n_images=49_999)),
+        (replace(full, dataset_rows=100_000), scores),
+        (replace(full, weights="none"), scores),
+        (replace(full, label_space="subset:200"), scores),
+        (replace(full, limit=10), scores),
     ):
-        assert metrics.published(row | other) == {"published_top1": None, "published_top5": None}
-        assert metrics.published_check(row | other | metrics.published(row | other)) is None
+        checked = metrics.with_published(plan, counted)
+        assert checked.published_top1 is None and metrics.published_check(plan, checked) is None

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from pipeline import inference, metrics, write
+from pipeline import inference, metrics, predictions
 
 
 def test_topk_is_best_first_with_softmax_probs():
@@ -30,12 +30,12 @@ def test_hits_count_top1_and_top5():
 def test_accuracy_counts_only_labeled_scored_rows(tmp_path):
     """top-1/top-5 are percent over rows that have a label and were scored."""
     tables = []
-    writer = write.PredictionWriter(
-        tables.append, [f"c{i}" for i in range(10)], write.schema(), commit_rows=100
+    writer = predictions.PredictionWriter(
+        tables.append, [f"c{i}" for i in range(10)], predictions.schema(), commit_rows=100
     )
     topk = np.array([[1, 2, 3, 4, 5], [2, 1, 3, 4, 5], [3, 4, 5, 6, 7]])
     writer.add(
-        write.Scored(
+        predictions.Scored(
             index=np.arange(5),
             id=[None] * 5,
             dataset_label=[1, 1, 1, None, 4],
@@ -51,6 +51,6 @@ def test_accuracy_counts_only_labeled_scored_rows(tmp_path):
     writer.commit()
     out = tmp_path / "p.parquet"
     pq.write_table(tables[0], out)
-    r = metrics.accuracy(str(out))
-    assert (r["n_images"], r["n_scored"], r["n_errors"], r["n_labeled"]) == (5, 4, 1, 3)
-    assert math.isclose(r["top1"], 100 / 3) and math.isclose(r["top5"], 200 / 3)
+    r = metrics.accuracy(out)
+    assert (r.n_images, r.n_scored, r.n_errors, r.n_labeled) == (5, 4, 1, 3)
+    assert math.isclose(r.top1, 100 / 3) and math.isclose(r.top5, 200 / 3)

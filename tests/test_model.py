@@ -12,7 +12,8 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from pipeline import model
+from pipeline import settings
+from pipeline.config import Amp
 from pipeline.errors import UserError
 from pipeline.model import load_model
 
@@ -182,20 +183,20 @@ def test_unknown_arch_lists_the_choices():
 def test_cuda_without_a_gpu_is_one_clear_error():
     """device=cuda on a machine without CUDA says so and suggests cpu."""
     with pytest.raises(UserError, match=r"CUDA is not available.*device=cpu"):
-        model.resolve_device("cuda:0")
+        settings.resolve_device("cuda:0")
 
 
 def test_device_and_amp_resolution():
     """auto picks what exists; amp auto is fp16 on CUDA only; fp16 on CPU is refused."""
-    assert model.resolve_device("cpu").type == "cpu"
+    assert settings.resolve_device("cpu").type == "cpu"
     with pytest.raises(UserError, match="valid: auto, cpu, cuda, cuda:N, mps"):
-        model.resolve_device("tpu")
+        settings.resolve_device("tpu")
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert model.resolve_amp("auto", cpu) is None
-    assert model.resolve_amp("auto", cuda) is torch.float16
-    assert model.resolve_amp("bf16", cpu) is torch.bfloat16
+    assert settings.resolve_amp(Amp.auto, cpu) is None
+    assert settings.resolve_amp(Amp.auto, cuda) is torch.float16
+    assert settings.resolve_amp(Amp.bf16, cpu) is torch.bfloat16
     with pytest.raises(UserError, match="amp=fp16 needs a GPU"):
-        model.resolve_amp("fp16", cpu)
+        settings.resolve_amp(Amp.fp16, cpu)
 
 
 def test_cuda_n_becomes_the_current_device(monkeypatch):
@@ -215,18 +216,22 @@ def test_an_amp_dtype_the_gpu_lacks_is_one_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
     with pytest.raises(UserError, match="amp=bf16: Tesla V100 has no bf16 support; use amp=fp16"):
-        model.resolve_amp("bf16", torch.device("cuda"))
+        settings.resolve_amp(Amp.bf16, torch.device("cuda"))
 
 
-def test_normalization_constants_are_made_once_per_device():
-    """mean and std live on the device once, not uploaded every batch (a blocking copy)."""
+def test_normalization_constants_are_made_once_per_device(monkeypatch):
+    """mean and std are put on the device once: the batches after the first make no tensor
+    of them (on a GPU each would be a blocking upload that waits for the last forward)."""
     from torchvision.models import AlexNet_Weights
 
-    from pipeline.transforms import Preprocess, _stats
+    from pipeline.transforms import Preprocess
 
+    made, real = [], torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: made.append(a) or real(*a, **k))
     pre = Preprocess.from_transforms(AlexNet_Weights.IMAGENET1K_V1.transforms())
-    pre.normalize(torch.zeros(1, 3, 4, 4, dtype=torch.uint8))
-    first = _stats(tuple(pre.mean), tuple(pre.std), torch.device("cpu"), torch.float32)
-    pre.normalize(torch.zeros(2, 3, 4, 4, dtype=torch.uint8))
-    again = _stats(tuple(pre.mean), tuple(pre.std), torch.device("cpu"), torch.float32)
-    assert first[0] is again[0] and first[1] is again[1]
+    batch = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    pre.normalize(batch, torch.float64)  # a dtype nothing else normalizes in: a first batch
+    assert len(made) == 2  # mean and std
+    for _ in range(3):
+        pre.normalize(batch, torch.float64)
+    assert len(made) == 2

@@ -14,8 +14,8 @@ from helpers import LABELS, run_cli, snapshot, user_files
 from torchvision.models import AlexNet_Weights
 
 from pipeline.labels import imagenet_classes
+from pipeline.predictions import schema
 from pipeline.run import evaluate
-from pipeline.write import schema
 
 
 def reference(images, checkpoint) -> torch.Tensor:

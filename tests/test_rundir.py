@@ -7,7 +7,6 @@ import os
 import signal
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from helpers import (
@@ -22,7 +21,7 @@ from helpers import (
     user_files,
 )
 
-from pipeline import inference, run, rundir, write
+from pipeline import inference, predictions, run, rundir
 from pipeline.errors import UserError
 from pipeline.merge import merge_shards
 from pipeline.rundir import Part, cover
@@ -71,8 +70,8 @@ def test_cover_takes_each_row_once_and_finds_every_gap():
 def signal_at(monkeypatch, where: str, signum: int, nth: int = 2) -> None:
     """Deliver `signum` to this process at the nth call of one step of landing or committing."""
     targets = {
-        "before-land": (inference, "_land_oldest"),
-        "before-add": (write.PredictionWriter, "add"),
+        "before-land": (inference.Landing, "land_oldest"),
+        "before-add": (predictions.PredictionWriter, "add"),
         "inside-commit": (pq, "write_table"),  # after it: the part is written, not renamed
         "after-commit": (rundir.RunFolder, "commit_part"),
     }
@@ -155,11 +154,11 @@ def test_a_part_whose_rows_do_not_match_its_name_is_damaged(tmp_path, whole):
     table = pq.read_table(whole).slice(0, 8)
     path = tmp_path / "p.parquet"
     pq.write_table(table, path)
-    schema = write.schema()
-    assert rundir.damage(path, 0, 8, schema) is None
-    assert "holds 8 rows" in rundir.damage(path, 0, 9, schema)
-    assert "index column" in rundir.damage(path, 1, 9, schema)
-    assert "columns" in rundir.damage(path, 0, 8, write.schema("string"))
+    schema = predictions.schema()
+    assert rundir.why_damaged(path, 0, 8, schema) is None
+    assert "holds 8 rows" in rundir.why_damaged(path, 0, 9, schema)
+    assert "index column" in rundir.why_damaged(path, 1, 9, schema)
+    assert "columns" in rundir.why_damaged(path, 0, 8, predictions.schema("string"))
 
 
 def test_resume_under_other_results_settings_is_refused(config, args, tmp_path, monkeypatch):
@@ -173,13 +172,13 @@ def test_resume_under_other_results_settings_is_refused(config, args, tmp_path, 
             run.evaluate(config(*args), out)
     with pytest.raises(UserError, match=r"amp: 'off' -> 'bfloat16'"):
         run.evaluate(config(*args, "amp=bf16"), out)
-    plan = json.loads((out / rundir.RUN_FILE).read_text())
-    plan["results"]["device_type"] = "cuda"
-    (out / rundir.RUN_FILE).write_text(json.dumps(plan))
+    record = json.loads((out / rundir.RUN_FILE).read_text())
+    record["results"]["device_type"] = "cuda"
+    (out / rundir.RUN_FILE).write_text(json.dumps(record))
     with pytest.raises(UserError, match=r"device_type: 'cuda' -> 'cpu'"):
         run.evaluate(config(*args), out)
-    plan["results"]["device_type"] = "cpu"
-    (out / rundir.RUN_FILE).write_text(json.dumps(plan))
+    record["results"]["device_type"] = "cpu"
+    (out / rundir.RUN_FILE).write_text(json.dumps(record))
     result = run.evaluate(config(*args, "batch_size=3", "commit_rows=5", "streams=1"), out)
     assert result["n_images"] == N
 
@@ -309,7 +308,7 @@ def test_shards_merge_into_the_single_run(config, args, tmp_path, whole):
         run.evaluate(config(*args, f"shard.index={i}", "shard.count=3"), d)
     result = merge_shards(tmp_path / "merged", list(reversed(shards)))
     assert_same_predictions(tmp_path / "merged" / rundir.PREDICTIONS, whole)
-    assert result["n_images"] == N and result["shard"] == "merged from 3"
+    assert result["n_images"] == N and result["merged_shards"] == 3
     assert json.loads((tmp_path / "merged" / rundir.RUN_FILE).read_text())["results"]["rows"] == [
         0,
         N,
@@ -348,17 +347,23 @@ def test_out_of_memory_moving_the_model_is_one_line(config, args, tmp_path, monk
         run.evaluate(config(*args), tmp_path / "out")
 
 
-def test_torchrun_ranks_share_the_cores(monkeypatch):
-    """Under torchrun, num_workers=auto and the model's threads divide this node's cores by
-    LOCAL_WORLD_SIZE instead of every rank taking all of them."""
+@pytest.mark.parametrize("cores", [1, 2, 3, 16])
+def test_torchrun_ranks_share_the_cores(config, monkeypatch, cores):
+    """num_workers=auto on a GPU box decodes on every core; on CPU the workers leave the
+    model its share; under torchrun the ranks of a node split its cores between them
+    instead of each taking all of them, and none is left with nothing."""
     import torch
 
-    from pipeline import plan
+    from pipeline import settings
 
-    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    cfg = config("num_workers=auto", "streams=auto")
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert settings.resolve_workers("auto", gpu) == cores  # one rank: every core decodes
+    one = settings.resolve(cfg, cpu, 1)  # decoding leaves the model at least half the cores
+    assert one.workers >= 1 and (2 * one.workers <= cores or one.workers == 1)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert plan.resolve_workers("auto", torch.device("cuda")) == max(1, cores // 2)
-    assert plan._threads(torch.device("cpu")) == max(1, cores // 2)
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
-    assert plan.resolve_workers("auto", torch.device("cuda")) == cores
-    assert np.isclose(plan.resolve_workers("auto", torch.device("cpu")), max(1, cores // 2))
+    on_gpu, on_cpu = settings.resolve_workers("auto", gpu), settings.resolve(cfg, cpu, 2)
+    assert on_gpu >= 1 and (2 * on_gpu <= cores or cores == 1)
+    assert on_cpu.threads >= 1 and (2 * on_cpu.threads <= cores or cores == 1)
+    assert on_cpu.workers >= 1 and (2 * on_cpu.workers <= cores or cores == 1)

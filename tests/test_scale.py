@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from helpers import assert_same_predictions, photo_split, run_cli, split_args, uninterrupted
 
-from pipeline import run, rundir, write
+from pipeline import predictions, run, rundir
 from pipeline.errors import UserError
 from pipeline.summarize import summarize
 
@@ -36,14 +36,6 @@ def big_args(big_parquet):
 def big_whole(big_args, tmp_path_factory):
     """The uninterrupted run of the big split (in process; computed once)."""
     return uninterrupted(big_args, tmp_path_factory.getbasetemp() / "big-whole")
-
-
-def test_resume_refuses_other_settings(config, tmp_path, parquet_file):
-    """Running into a folder made under other settings fails, naming the difference."""
-    data = ["dataset=parquet", f"dataset.data_files={parquet_file}", "model.weights=none"]
-    run.evaluate(config(*data, "limit=5"), tmp_path / "out")
-    with pytest.raises(UserError, match=r"limit: 5 -> 6"):
-        run.evaluate(config(*data, "limit=6"), tmp_path / "out")
 
 
 def test_resume_compares_what_changes_results_not_names(
@@ -176,7 +168,7 @@ def test_ctrl_c_once_stops_with_a_hint_twice_exits_at_once(repo_root, tmp_path, 
     assert proc.returncode == 130 and "Interrupted twice" in stderr, stderr
     parts = rundir.list_parts(out / "parts")
     assert parts and all(
-        rundir.damage(p.path, p.first, p.stop, write.schema()) is None for p in parts
+        rundir.why_damaged(p.path, p.first, p.stop, predictions.schema()) is None for p in parts
     )
 
 

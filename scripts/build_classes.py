@@ -1,7 +1,8 @@
-"""Rebuild the class lists in this folder from the pinned timm wheel (see SOURCES.md).
+"""Rebuild the class lists in pipeline/classes/ from the pinned timm wheel (see its
+SOURCES.md).
 
     pip download --no-deps timm==1.0.31 -d /tmp/timm
-    python pipeline/classes/build.py /tmp/timm/timm-1.0.31-py3-none-any.whl
+    python scripts/build_classes.py /tmp/timm/timm-1.0.31-py3-none-any.whl
 
 The order of imagenet-1k.tsv is checked against torchvision's own class order
 (sorted WordNet ids) through its category names, so a wrong source cannot slip in.
@@ -16,7 +17,7 @@ from pathlib import Path
 from torchvision.models import AlexNet_Weights
 
 INFO = "timm/data/_info/"
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parent.parent / "pipeline" / "classes"
 
 
 def main(wheel: Path) -> None:

@@ -1,10 +1,10 @@
-"""Rebuild sample.parquet, the bundled sample, from the photographs that
-scikit-image and matplotlib ship in their wheels (licenses in SOURCES.md).
+"""Rebuild pipeline/sample/sample.parquet, the bundled sample, from the photographs that
+scikit-image and matplotlib ship in their wheels (licenses in pipeline/sample/SOURCES.md).
 
     pip download --no-deps scikit-image matplotlib -d /tmp/wheels
     cd /tmp/wheels && for w in *.whl; do
         unzip -oq "$w" 'skimage/data/*' 'matplotlib/mpl-data/sample_data/*'; done
-    python pipeline/sample/build.py /tmp/wheels
+    python scripts/build_sample.py /tmp/wheels
 
 Each photo is stored once as a plain JPEG and some again in another form
 (grayscale, CMYK, RGBA, palette, WebP, mirrored), so the default run also
@@ -80,7 +80,7 @@ def main(root: Path) -> None:
             "id": datasets.Value("string"),
         }
     )
-    out = Path(__file__).with_name("sample.parquet")
+    out = Path(__file__).resolve().parent.parent / "pipeline" / "sample" / "sample.parquet"
     datasets.Dataset.from_dict(rows, features=features).to_parquet(out)
     print(f"wrote {out} ({out.stat().st_size // 1024} KiB, {len(VARIANTS)} images)")
 

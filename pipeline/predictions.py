@@ -1,8 +1,6 @@
-"""Parquet output: the predictions schema, and scored batches buffered into parts.
-
-Committing a part durably and merging the parts is the run folder's job (rundir.py);
-this module turns batches into Arrow tables of the contract's columns.
-"""
+"""The predictions table: its columns (the output contract), and scored batches turned
+into Arrow tables of those columns, buffered into parts. Writing the parts durably and
+merging them is the run folder's job (rundir.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +11,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.labels import RealLabels
+from pipeline.real import RealLabels
 
 
 def schema(dataset_label: str = "int64", *, real: bool = False) -> pa.Schema:
