@@ -104,7 +104,8 @@ def _job(dcfg: Any) -> None:
         evaluate(cfg, out_dir)  # type: ignore[arg-type]
     except stop.Stopped as e:
         print(str(e), file=sys.stderr)
-        e.hand_over()  # on Slurm, submitit requeues the job here (and exits)
+        if distributed.launch().rank == 0:  # one rank hands over: all have committed by now
+            e.hand_over()  # on Slurm, submitit requeues the job here (and exits)
         sys.exit(e.exit_code)  # a stop ends a sweep too
     except UserError as e:
         fail(out_dir, str(e), busy=isinstance(e, rundir.FolderBusy))
@@ -122,11 +123,11 @@ def _job(dcfg: Any) -> None:
 def fail(out_dir: Path, message: str, *, busy: bool = False) -> None:
     """One line for the user; the reason in the run folder for pipeline.summarize (only by
     rank 0, and never into a folder another run holds)."""
-    from pipeline import rundir
+    from pipeline import distributed, rundir
 
     first = message.strip().splitlines()[0] if message.strip() else message
     print(f"error: {first}", file=sys.stderr)
-    if not busy and os.environ.get("RANK", "0") == "0":
+    if not busy and distributed.launch().rank == 0:
         rundir.record_error(out_dir, first)
 
 

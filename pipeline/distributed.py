@@ -1,4 +1,5 @@
-"""torch.distributed for `torchrun`: which rows each rank scores, and meeting up after.
+"""Several processes on one run: where their ranks come from (torchrun, or the tasks of a
+Slurm step), which rows each scores, and meeting up after.
 
 Rank 0 owns the run folder (its lock, its plan, which rows are missing); the
 missing rows are split into one contiguous share per rank (no
@@ -9,7 +10,8 @@ merges the parts.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -25,9 +27,61 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
+class Launch:
+    """This process's place among the processes of one run, from how it was started."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0  # its index among the ranks of its node: which GPU it takes
+    sharing: int = 1  # the processes that see the same cores as this one (itself included)
+    master: tuple[str, int] | None = None  # where the ranks meet; None: torchrun's env://
+    by: str = "one process"
+
+
+def launch(env: Mapping[str, str] = os.environ) -> Launch:
+    """Ranks from torchrun (RANK, WORLD_SIZE, LOCAL_RANK; it wins, also inside a Slurm job),
+    else from the tasks of one srun step (SLURM_PROCID of SLURM_STEP_NUM_TASKS, the first
+    node of the step meeting the others), else one process. A Slurm batch script itself is
+    no step: it runs as one process, whatever --ntasks the job asked for."""
+    if "RANK" in env and "WORLD_SIZE" in env:
+        local = int(env.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's ranks share its cores
+        return Launch(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0")),
+                      sharing=local, by="torchrun")  # fmt: skip
+    tasks = int(env.get("SLURM_STEP_NUM_TASKS", "1"))
+    if tasks <= 1:
+        return Launch()
+    node_tasks = tasks_per_node(env["SLURM_STEP_TASKS_PER_NODE"])[int(env.get("SLURM_NODEID", "0"))]
+    bound = len(os.sched_getaffinity(0)) < (os.cpu_count() or 1)  # srun gave it its own cores
+    port = int(env.get("MASTER_PORT") or 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000)
+    host = env.get("MASTER_ADDR") or first_host(env["SLURM_STEP_NODELIST"])
+    return Launch(int(env["SLURM_PROCID"]), tasks, int(env.get("SLURM_LOCALID", "0")),
+                  sharing=1 if bound else node_tasks, master=(host, port), by="slurm")  # fmt: skip
+
+
+def tasks_per_node(spec: str) -> list[int]:
+    """Slurm's tasks per node, `2(x3),1` -> [2, 2, 2, 1]."""
+    counts: list[int] = []
+    for item in spec.split(","):
+        match = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", item.strip())
+        if not match:
+            raise UserError(f"SLURM_STEP_TASKS_PER_NODE={spec!r} is not Slurm's form (2(x3),1)")
+        counts += [int(match[1])] * int(match[2] or 1)
+    return counts
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm node list: `gpu[07-09,12],cpu3` -> gpu07."""
+    match = re.match(r"([^,\[]*)(?:\[([^,\]-]+)[^\]]*\])?([^,]*)", nodelist.strip())
+    if not match or not match[0]:
+        raise UserError(f"SLURM_STEP_NODELIST={nodelist!r} is not a Slurm node list")
+    return f"{match[1]}{match[2] or ''}{match[3]}"
+
+
+@dataclass(frozen=True)
 class Group:
     rank: int = 0
     world: int = 1
+    sharing: int = 1  # processes that see this one's cores (settings splits them)
 
     def barrier(self) -> None:
         if self.world > 1:
@@ -75,19 +129,27 @@ class Group:
 
 
 def setup(device_name: str) -> tuple[Group, torch.device]:
-    """Join the process group when started by torchrun (nccl on CUDA, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    """Join the process group when started as one of several (nccl on CUDA, gloo on CPU);
+    each rank of a node takes its own GPU (the only one it sees, if Slurm bound one)."""
+    where = launch()
     device = resolve_device(device_name)
-    if world == 1:
+    if where.world == 1:
         if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)  # else the pin-memory thread works on GPU 0
         return Group(), device
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        device = torch.device("cuda", where.local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Group(rank=dist.get_rank(), world=dist.get_world_size()), device
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if where.master is None:  # torchrun's rendezvous, in its environment
+            dist.init_process_group(backend)
+        else:
+            host, port = where.master
+            dist.init_process_group(
+                backend, init_method=f"tcp://{host}:{port}", rank=where.rank, world_size=where.world
+            )
+    return Group(rank=dist.get_rank(), world=dist.get_world_size(), sharing=where.sharing), device
 
 
 def teardown() -> None:
@@ -102,10 +164,10 @@ def shard_rows(n: int, index: int, count: int) -> tuple[int, int]:
     return n * index // count, n * (index + 1) // count
 
 
-def plan_rows(num_rows: int | None, cfg: Config) -> tuple[int, int | None]:
+def plan_rows(num_rows: int | None, cfg: Config, world: int) -> tuple[int, int | None]:
     """The rows of the (limited) split this run folder covers: all of them, or a shard's."""
     if num_rows is None:  # streaming: the length is unknown until the stream ends
-        if cfg.shard.count > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if cfg.shard.count > 1 or world > 1:
             raise UserError("Streaming splits cannot be sharded; set dataset.streaming=false")
         return 0, cfg.limit
     return shard_rows(covered_rows(num_rows, cfg.limit), cfg.shard.index, cfg.shard.count)

@@ -13,7 +13,7 @@ is finished by running it again.
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,79 @@ def merge_shards(out_dir: Path, shard_dirs: list[Path]) -> dict[str, Any]:
         row = metrics.row(merged, metrics.with_published(merged, scores))
         folder.finish(row)  # metrics.parquet last: it marks the merge finished
     return row
+
+
+@dataclass(frozen=True)
+class ShardSweep:
+    """Jobs of a sweep that differ only in shard.index: one run, split into shards."""
+
+    overrides: tuple[str, ...]  # the other overrides, the same for every shard
+    jobs: dict[int, int]  # shard index -> job number
+    count: int  # shard.count
+
+
+def shard_sweeps(sweep_dir: Path, jobs: list[list[str]]) -> list[ShardSweep]:
+    """The shard sweeps among a sweep's jobs (their shard.count from the command line or
+    from a job's resolved config)."""
+    groups: dict[tuple[str, ...], dict[int, int]] = {}
+    for job, overrides in enumerate(jobs):
+        index = [o.split("=", 1)[1] for o in overrides if o.startswith("shard.index=")]
+        rest = tuple(o for o in overrides if not o.startswith("shard.index="))
+        if index and index[0].isdigit():
+            groups.setdefault(rest, {})[int(index[0])] = job
+    found = []
+    for rest, shards in groups.items():
+        count = _shard_count(rest, [sweep_dir / str(j) for j in shards.values()])
+        if count and count > 1 and len(shards) > 1:
+            found.append(ShardSweep(rest, shards, count))
+    return found
+
+
+def _shard_count(overrides: tuple[str, ...], job_dirs: list[Path]) -> int | None:
+    from omegaconf import OmegaConf
+
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("shard.count=")]
+    if given:
+        return int(given[0]) if given[0].isdigit() else None
+    for d in job_dirs:
+        if (d / ".hydra" / "config.yaml").exists():
+            return int(OmegaConf.load(d / ".hydra" / "config.yaml").shard.count)
+    return None
+
+
+def merge_sweep(sweep_dir: Path, jobs: list[list[str]], done: set[int]) -> tuple[list[str], int]:
+    """Merge every shard sweep of a finished sweep whose shards all finished, into
+    SWEEP/merged (SWEEP/merged-<k> when there are several); name the shards that did not.
+    (the lines to print, how many merges failed)."""
+    sweeps, lines, failed = shard_sweeps(sweep_dir, jobs), [], 0
+    for k, group in enumerate(sweeps):
+        target = sweep_dir / ("merged" if len(sweeps) == 1 else f"merged-{k}")
+        what = " ".join(group.overrides) or "the sweep"
+        absent = [i for i in range(group.count) if i not in group.jobs]
+        unfinished = [
+            i for i in range(group.count) if i in group.jobs and group.jobs[i] not in done
+        ]
+        if absent or unfinished:
+            named = ", ".join(f"{i} (job {group.jobs[i]})" for i in unfinished) or "none"
+            lines.append(
+                f"shards of {what} not merged: shards {named} did not finish"
+                + (f", shards {absent} are not in the sweep" if absent else "")
+                + f"; rerun the sweep with hydra.sweep.dir={sweep_dir} (finished shards are "
+                f"not scored again) and it merges them into {target}"
+            )
+            failed += bool(absent)
+            continue
+        try:
+            row = merge_shards(target, [sweep_dir / str(group.jobs[i]) for i in range(group.count)])
+        except UserError as e:
+            lines.append(f"error: cannot merge the shards of {what}: {e}")
+            failed += 1
+            continue
+        lines.append(
+            f"merged {group.count} shards of {what} into {target}: top-1 {number(row['top1'])}  "
+            f"top-5 {number(row['top5'])}  images {row['n_images']}  errors {row['n_errors']}"
+        )
+    return lines, failed
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -65,7 +65,7 @@ def evaluate(cfg: Config, out_dir: Path) -> dict[str, Any] | None:
     check_values(cfg)
     with stop.cooperative() as stopper:
         group, device = distributed.setup(cfg.device)
-        resolved = settings.resolve(cfg, device, group.world)
+        resolved = settings.resolve(cfg, device, group.world, sharing=group.sharing)
         folder = rundir.RunFolder(Path(group.broadcast(str(out_dir))), owner=group.rank == 0)
         group.on_rank0(folder.lock)  # refused here if the folder is not ours to write
         rundir.check_writable(folder.path)  # from every rank (another node, maybe)
@@ -90,7 +90,7 @@ def _run(
         cfg,
         resolved,
         split=inputs.split,
-        rows=distributed.plan_rows(inputs.split.num_rows, cfg),
+        rows=distributed.plan_rows(inputs.split.num_rows, cfg, group.world),
         model=inputs.model,
         labels=inputs.labels,
         real=inputs.real,
@@ -100,6 +100,8 @@ def _run(
     if todo is None:
         return already_complete(folder.path) if group.rank == 0 else None
     mine = distributed.share(todo, group)
+    if group.world > 1:
+        log.info("rank %d of %d scores %s rows", group.rank, group.world, rundir.rows_of(mine))
     check_real(inputs, mine)
     stopper.check(hint)
     scored, wall = score_rows(the_plan, inputs, folder, mine, stopper, show=group.rank == 0)

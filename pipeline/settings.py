@@ -33,15 +33,16 @@ class Settings:
         return str(self.amp).removeprefix("torch.") if self.amp else "off"
 
 
-def resolve(cfg: Config, device: torch.device, world_size: int) -> Settings:
-    """The settings of this process, from the config and the device it runs on."""
+def resolve(cfg: Config, device: torch.device, world_size: int, *, sharing: int = 1) -> Settings:
+    """The settings of this process, from the config, the device it runs on, and how many
+    processes of the run see the same cores (torchrun's ranks of a node, say)."""
     if cfg.backend is Backend.device:
         require_torchcodec()
-    threads = _threads(device)
+    threads = _threads(device, sharing)
     return Settings(
         device=device,
         amp=resolve_amp(cfg.amp, device),
-        workers=resolve_workers(cfg.num_workers, device),
+        workers=resolve_workers(cfg.num_workers, device, sharing),
         streams=resolve_streams(cfg.streams, device, compile=cfg.compile, threads=threads),
         threads=threads,
         world_size=world_size,
@@ -88,7 +89,7 @@ def resolve_amp(amp: Amp, device: torch.device) -> torch.dtype | None:
     return torch.float16 if amp is Amp.fp16 else torch.bfloat16
 
 
-def resolve_workers(value: str, device: torch.device) -> int:
+def resolve_workers(value: str, device: torch.device, sharing: int = 1) -> int:
     """num_workers: a count, or auto = this rank's cores (on CPU half: the model runs there)."""
     if value != "auto":
         if not value.isdigit():
@@ -96,7 +97,7 @@ def resolve_workers(value: str, device: torch.device) -> int:
                 f"num_workers={value!r}; valid: auto or a count (0 = decode in-process)"
             )
         return int(value)
-    return _cores() if device.type != "cpu" else max(1, _cores() // 2)
+    return _cores(sharing) if device.type != "cpu" else max(1, _cores(sharing) // 2)
 
 
 def resolve_streams(value: str, device: torch.device, *, compile: bool, threads: int) -> int:
@@ -128,14 +129,15 @@ def require_torchcodec() -> None:
         ) from None
 
 
-def _cores() -> int:
-    """The cores this process may use, shared by the ranks torchrun started on this node."""
+def _cores(sharing: int) -> int:
+    """This process's share of the cores it may use (`sharing` processes see the same)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, (cores or 1) // sharing)
 
 
-def _threads(device: torch.device) -> int:
-    """On CPU each rank's model gets its share of the cores (one rank: torch's default)."""
-    if device.type == "cpu" and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
-        return _cores()
+def _threads(device: torch.device, sharing: int) -> int:
+    """On CPU each rank's model gets its share of the cores (one rank: torch's default,
+    which already counts only the cores this process may use)."""
+    if device.type == "cpu" and sharing > 1:
+        return _cores(sharing)
     return torch.get_num_threads()

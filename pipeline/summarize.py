@@ -5,7 +5,9 @@
 Every job of the sweep is a row: `done` (with its numbers), `failed: <error>`
 (the reason its last attempt recorded), `unfinished (N rows committed)` (killed,
 stopped or still running), `no results yet` (started, nothing committed) or
-`not started`. A sweep prints this table when it ends (`SweepReport`).
+`not started`. A sweep prints this table when it ends (`SweepReport`), and merges
+the shards of a shard sweep (jobs that differ only in shard.index) into SWEEP/merged
+once they have all finished, or names those that have not.
 """
 
 from __future__ import annotations
@@ -129,7 +131,20 @@ class SweepReport(Callback):
             print(f"error: cannot summarize {sweep_dir}: {e}", file=sys.stderr)
             return
         print_table(table)
-        LAST_SWEEP.update(jobs=len(table), failed=int((table["status"] != "done").sum()))
+        failed = int((table["status"] != "done").sum()) + merge_shards_of(sweep_dir, table)
+        LAST_SWEEP.update(jobs=len(table), failed=failed)
+
+
+def merge_shards_of(sweep_dir: Path, table: pd.DataFrame) -> int:
+    """Merge the sweep's shard sweeps whose shards all finished (merge.merge_sweep), print
+    what happened; how many merges failed."""
+    from pipeline.merge import merge_sweep
+
+    done = set(table.loc[table["status"] == "done", "job"].astype(int))
+    lines, failed = merge_sweep(sweep_dir, expected_jobs(sweep_dir), done)
+    for line in lines:
+        print(line, file=sys.stderr if line.startswith("error") else sys.stdout)
+    return failed
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -142,6 +157,8 @@ def main(argv: list[str] | None = None) -> None:
         table = summarize(args.sweep_dir)
     print_table(table)
     print(f"wrote {args.sweep_dir / 'summary.parquet'}")
+    with one_line():
+        merge_shards_of(args.sweep_dir, table)
 
 
 if __name__ == "__main__":

@@ -350,7 +350,7 @@ def test_out_of_memory_moving_the_model_is_one_line(config, args, tmp_path, monk
 @pytest.mark.parametrize("cores", [1, 2, 3, 16])
 def test_torchrun_ranks_share_the_cores(config, monkeypatch, cores):
     """num_workers=auto on a GPU box decodes on every core; on CPU the workers leave the
-    model its share; under torchrun the ranks of a node split its cores between them
+    model its share; ranks that see the same cores (torchrun's of a node) split them
     instead of each taking all of them, and none is left with nothing."""
     import torch
 
@@ -362,8 +362,8 @@ def test_torchrun_ranks_share_the_cores(config, monkeypatch, cores):
     assert settings.resolve_workers("auto", gpu) == cores  # one rank: every core decodes
     one = settings.resolve(cfg, cpu, 1)  # decoding leaves the model at least half the cores
     assert one.workers >= 1 and (2 * one.workers <= cores or one.workers == 1)
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    on_gpu, on_cpu = settings.resolve_workers("auto", gpu), settings.resolve(cfg, cpu, 2)
+    on_gpu = settings.resolve_workers("auto", gpu, sharing=2)
+    on_cpu = settings.resolve(cfg, cpu, 2, sharing=2)
     assert on_gpu >= 1 and (2 * on_gpu <= cores or cores == 1)
     assert on_cpu.threads >= 1 and (2 * on_cpu.threads <= cores or cores == 1)
     assert on_cpu.workers >= 1 and (2 * on_cpu.workers <= cores or cores == 1)

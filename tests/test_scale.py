@@ -346,3 +346,85 @@ def test_a_merge_killed_at_any_moment_is_finished_by_running_it_again(
     again = subprocess.run(merge, cwd=repo_root, capture_output=True, text=True)
     assert again.returncode == 0 and "already holds this merge" in again.stdout
     print("merge kills:", seen)
+
+
+SLURM_STEP = {  # what srun sets in each task of a step (seen on the one-node cluster)
+    "SLURM_JOB_ID": "20",
+    "SLURM_STEP_ID": "0",
+    "SLURM_STEP_NUM_TASKS": "8",
+    "SLURM_STEP_TASKS_PER_NODE": "4(x2)",
+    "SLURM_STEP_NODELIST": "gpu[07-08]",
+    "SLURM_NODEID": "1",
+    "SLURM_PROCID": "5",
+    "SLURM_LOCALID": "1",
+    "SLURM_NTASKS": "8",
+}
+
+
+def test_ranks_come_from_torchrun_or_from_the_tasks_of_a_slurm_step():
+    """srun's tasks are ranks (the master is the step's first node); torchrun's variables
+    win where both are set (torchrun started inside a job); a batch script, which is no
+    step, is one process whatever --ntasks the job asked for."""
+    from pipeline import distributed
+
+    slurm = distributed.launch(SLURM_STEP)
+    assert (slurm.rank, slurm.world, slurm.local_rank, slurm.by) == (5, 8, 1, "slurm")
+    assert slurm.master == ("gpu07", 20020)
+    inside = SLURM_STEP | {
+        "RANK": "3",
+        "WORLD_SIZE": "4",
+        "LOCAL_RANK": "3",
+        "LOCAL_WORLD_SIZE": "4",
+    }
+    torchrun = distributed.launch(inside)
+    assert (torchrun.rank, torchrun.world, torchrun.sharing, torchrun.by) == (3, 4, 4, "torchrun")
+    assert torchrun.master is None
+    batch = {k: v for k, v in SLURM_STEP.items() if not k.startswith("SLURM_STEP")}
+    assert distributed.launch(batch) == distributed.Launch()
+    assert distributed.launch(SLURM_STEP | {"MASTER_PORT": "1234"}).master == ("gpu07", 1234)
+
+
+@pytest.mark.parametrize(
+    ("nodelist", "first"),
+    [("vm", "vm"), ("gpu[07-09,12],cpu3", "gpu07"), ("a-b[1-2]-x,c", "a-b1-x"), ("n[3]", "n3")],
+)
+def test_the_first_host_of_a_slurm_node_list(nodelist, first):
+    """The ranks meet on the first node of the step, in Slurm's compressed notation too."""
+    from pipeline import distributed
+
+    assert distributed.first_host(nodelist) == first
+
+
+def test_slurm_tasks_per_node():
+    """Slurm's tasks per node, repetitions included, node by node."""
+    from pipeline import distributed
+
+    assert distributed.tasks_per_node("2(x3),1") == [2, 2, 2, 1]
+    assert distributed.tasks_per_node("8") == [8]
+    with pytest.raises(UserError, match="is not Slurm's form"):
+        distributed.tasks_per_node("two")
+
+
+@pytest.mark.slow
+def test_a_shard_sweep_merges_itself_and_a_rerun_finishes_the_missing_shard(
+    repo_root, tmp_path, big_args, big_whole
+):
+    """`-m shard.index=0,1,2 shard.count=3` ends with SWEEP/merged, equal to one run over
+    the split. With one shard refused (its folder holds a file of the user's), the sweep
+    names it and exits 1; rerun into the same sweep folder, only that shard is scored and
+    the merge follows."""
+    sweep = tmp_path / "sweep"
+    mine = sweep / "1" / "notes.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("mine")
+    args = ["-m", *big_args, "shard.index=0,1,2", "shard.count=3", f"hydra.sweep.dir={sweep}"]
+    first = run_cli(args, cwd=repo_root)
+    assert first.returncode == 1, first.stderr[-3000:]
+    assert "shards 1 (job 1) did not finish" in first.stdout and not (sweep / "merged").exists()
+    assert f"rerun the sweep with hydra.sweep.dir={sweep}" in first.stdout
+    mine.unlink()
+    again = run_cli(args, cwd=repo_root)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already complete" in again.stdout and "merged 3 shards" in again.stdout
+    assert_same_predictions(sweep / "merged" / rundir.PREDICTIONS, big_whole)
+    assert rundir.read_plan(sweep / "merged").merged_shards == 3

@@ -1,5 +1,6 @@
 """On a real (one-node) Slurm with accounting, started by tests/slurm/cluster.sh (.ci/run
-starts it): sweeps as job arrays, time limits that requeue and resume, scancel.
+starts it): shard sweeps as job arrays that merge themselves, jobs of several tasks
+(ranks from Slurm), time limits that requeue and resume, scancel.
 
 Each job runs `python -m pipeline` exactly as on a cluster: submitted by the Slurm
 launcher (or sbatch), signalled by Slurm, requeued by submitit.
@@ -7,15 +8,25 @@ launcher (or sbatch), signalled by Slurm, requeued by submitit.
 
 from __future__ import annotations
 
-import os
 import re
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
-from helpers import assert_same_predictions, photo_split, run_cli, split_args, uninterrupted
+from helpers import (
+    assert_same_predictions,
+    hub_dataset,
+    jpeg,
+    photo,
+    photo_split,
+    run_cli,
+    split_args,
+    uninterrupted,
+)
 
 from pipeline import rundir
 from pipeline.summarize import summarize
@@ -37,40 +48,65 @@ LAUNCHER = [
     "hydra.launcher.cpus_per_task=2",
     "hydra.launcher.mem_gb=4",
 ]
+TWO_TASKS = ["hydra.launcher.tasks_per_node=2", "hydra.launcher.cpus_per_task=1"]
 
 
 def slurm(*args: str) -> str:
     return subprocess.run(args, capture_output=True, text=True, check=True).stdout
 
 
-def test_a_sweep_is_a_job_array_and_summarize_shows_every_job(repo_root, tmp_path):
-    """A 3-job sweep through hydra/launcher=slurm: two jobs finish, the one with a missing
-    checkpoint fails without stopping them; the sweep exits 1 and summarize names it."""
+def task_logs(sweep: Path) -> str:
+    """Everything the tasks of a sweep's Slurm jobs printed."""
+    return "".join(p.read_text() for p in sorted((sweep / ".submitit").glob("*/*_log.*")))
+
+
+def test_a_shard_sweep_is_a_job_array_that_merges_itself(repo_root, tmp_path_factory, tmp_path):
+    """A 3-shard sweep through hydra/launcher=slurm is a job array; one shard fails (its
+    folder holds a run of other settings) without stopping the others, the sweep exits 1
+    and names it, summarize records why; rerun into the same sweep folder, only that shard
+    is scored and the merged folder equals one run over the split."""
+    split = photo_split(tmp_path_factory.getbasetemp() / "slurm-array.parquet", 240)
+    args = [*split_args(split), "num_workers=0"]
+    whole = uninterrupted(args, tmp_path_factory.getbasetemp() / "slurm-array-whole")
+    other = tmp_path / "other"
+    uninterrupted([*args, "limit=10"], other)
     sweep = tmp_path / "sweep"
-    proc = run_cli(
-        [
-            "-m",
-            *LAUNCHER,
-            "model.weights=none,/no/such.pth",
-            "batch_size=4,8",
-            "limit=6",
-            "num_workers=0",
-            "progress=false",
-            f"hydra.sweep.dir={sweep}",
-            "hydra.launcher.timeout_min=5",
-        ],
-        cwd=repo_root,
-    )
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "2 of 4 sweep jobs did not finish" in proc.stderr
-    table = summarize(sweep)
-    good = table["overrides"].str.contains("model.weights=none")
-    assert (table.loc[good, "status"] == "done").all() and good.sum() == 2
-    assert table.loc[good, "batch_size"].tolist() == [4, 8]
-    failed = table.loc[~good, "status"].tolist()
-    assert len(failed) == 2 and all(
-        s.startswith("failed: model.weights='/no/such.pth'") for s in failed
-    )
+    (sweep / "1").mkdir(parents=True)
+    shutil.copy(other / rundir.RUN_FILE, sweep / "1" / rundir.RUN_FILE)
+    command = ["-m", *LAUNCHER, *args, "shard.index=0,1,2", "shard.count=3"]
+    command += [f"hydra.sweep.dir={sweep}", "hydra.launcher.timeout_min=5"]
+    first = run_cli(command, cwd=repo_root)
+    assert first.returncode == 1, first.stderr[-3000:]
+    assert "1 of 3 sweep jobs did not finish" in first.stderr
+    assert "shards 1 (job 1) did not finish" in first.stdout
+    status = summarize(sweep)["status"].tolist()
+    assert status[0] == status[2] == "done"
+    assert status[1].startswith("failed: ") and "holds a run made under other settings" in status[1]
+    shutil.rmtree(sweep / "1")
+    again = run_cli(command, cwd=repo_root)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "merged 3 shards" in again.stdout
+    assert_same_predictions(sweep / "merged" / rundir.PREDICTIONS, whole)
+
+
+def test_two_tasks_in_one_job_score_each_row_once(repo_root, tmp_path_factory, tmp_path):
+    """A job of 2 tasks (tasks_per_node=2; gloo on CPU) is one run of 2 ranks that read
+    their ranks from Slurm: half the rows each, one folder equal to a single-process run,
+    and no traceback or lock error from either task."""
+    split = photo_split(tmp_path_factory.getbasetemp() / "slurm-ranks.parquet", 1200)
+    args = [*split_args(split), "num_workers=0", "commit_rows=64"]
+    whole = uninterrupted(args, tmp_path_factory.getbasetemp() / "slurm-ranks-whole")
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", *LAUNCHER, *TWO_TASKS, *args, f"hydra.sweep.dir={sweep}"], cwd=repo_root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_predictions(sweep / "0" / rundir.PREDICTIONS, whole)
+    log = (sweep / "0" / "pipeline.log").read_text()  # both tasks log into the job's log
+    shares = sorted(re.findall(r"rank (\d) of 2 scores (\d+) rows", log))
+    logs = task_logs(sweep) + log
+    print("rows per rank:", shares)
+    assert shares == [("0", "600"), ("1", "600")]
+    assert "Traceback" not in logs and "in use by another run" not in logs
+    assert rundir.read_plan(sweep / "0").world_size == 2
 
 
 def requeue_watch(proc: subprocess.Popen, deadline: float) -> list[str]:
@@ -93,30 +129,46 @@ def requeue_watch(proc: subprocess.Popen, deadline: float) -> list[str]:
 # after the start in one run of 2 here: before submitit had installed its handler (about
 # 3 s after the start), so SIGUSR2 killed the job. With 2 minutes and 45 s the warning
 # comes 45 to 75 s after the start (15 s at the very earliest, by the manual). Tasks are
-# bound to their CPUs (cluster.sh): on one core a job scored 131-136 images/s here, so
-# one attempt scores at most ~10,000 rows, and 24,000 rows take at least 3 attempts even
-# on a core 20% faster.
-REQUEUE_ROWS = 24_000
+# bound to their CPUs (cluster.sh): on one core a task scored 131-136 images/s here, so
+# an attempt of 2 tasks scores at most ~20,000 rows, and 47,872 rows take at least 3
+# attempts even on cores 20% faster.
+PERIOD = 17 * 32  # the split repeats every 544 rows: 17 images, labels of period 544
+REQUEUE_ROWS = PERIOD * 88
+
+
+def periodic_split(path: Path, n: int) -> Path:
+    """n rows of 17 photo-like JPEGs whose labels repeat every PERIOD rows: its predictions
+    are an uninterrupted run's over its first PERIOD rows, repeated (built once)."""
+    if not path.exists():
+        encoded = [jpeg(photo(seed, (96, 80))) for seed in range(17)]
+        rows = {
+            "image": [{"bytes": encoded[i % 17], "path": f"{i}.jpg"} for i in range(n)],
+            "label": [(i % PERIOD) * 7 % 1000 for i in range(n)],
+        }
+        hub_dataset(rows).to_parquet(path)
+    return path
+
+
+def repeated(one_period: Path, n: int, out: Path) -> Path:
+    """The predictions of n rows of a periodic split, from those of its first period."""
+    frame = pd.read_parquet(one_period)
+    whole = pd.concat([frame] * (n // PERIOD), ignore_index=True)
+    whole["index"] = range(n)
+    whole["id"] = [f"{i}.jpg" for i in range(n)]
+    whole.to_parquet(out, index=False)
+    return out
 
 
 @pytest.mark.slow
-def test_a_time_limit_requeues_and_the_job_resumes(repo_root, tmp_path_factory, tmp_path):
-    """timeout_min=2, signal_delay_s=45: Slurm warns with SIGUSR2, the job commits what it
-    scored and submitit requeues it, again and again; the finished predictions equal an
-    uninterrupted run's, row for row, and no row was scored twice."""
+def test_a_time_limit_requeues_a_two_task_job_and_it_resumes(repo_root, tmp_path_factory, tmp_path):
+    """timeout_min=2, signal_delay_s=45, two tasks: Slurm warns every task with SIGUSR2,
+    every rank commits what it scored, rank 0 hands the signal to submitit, which requeues
+    the job, again and again; the finished predictions equal an uninterrupted run's, row
+    for row, and no row was scored twice."""
     n = REQUEUE_ROWS
-    split = photo_split(tmp_path_factory.getbasetemp() / "slurm.parquet", n)
-    args = [*split_args(split), "batch_size=32", "num_workers=1", "commit_rows=256"]
-    whole = tmp_path / "whole"
-    # the uninterrupted run, side by side with the job (which has one core of the two)
-    baseline = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *args, f"output_dir={whole}"],
-        cwd=repo_root,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "HF_HOME": str(tmp_path / "hf")},  # two caches: no race on one
-    )
+    split = periodic_split(tmp_path_factory.getbasetemp() / "slurm-periodic.parquet", n)
+    args = [*split_args(split), "batch_size=32", "num_workers=0", "commit_rows=256"]
+    period = uninterrupted([*args, f"limit={PERIOD}"], tmp_path / "one-period")
     sweep = tmp_path / "sweep"
     t0 = time.time()
     proc = subprocess.Popen(
@@ -126,9 +178,9 @@ def test_a_time_limit_requeues_and_the_job_resumes(repo_root, tmp_path_factory, 
             "pipeline",
             "-m",
             *LAUNCHER,
+            *TWO_TASKS,
             *args,
             f"hydra.sweep.dir={sweep}",
-            "hydra.launcher.cpus_per_task=1",
             "hydra.launcher.timeout_min=2",
             "hydra.launcher.signal_delay_s=45",
             "hydra.launcher.max_num_timeout=10",
@@ -141,9 +193,10 @@ def test_a_time_limit_requeues_and_the_job_resumes(repo_root, tmp_path_factory, 
     bumped = requeue_watch(proc, time.time() + 900)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr[-3000:]
-    assert baseline.wait(timeout=600) == 0, baseline.stderr.read()[-3000:]
     job = sweep / "0"
-    assert_same_predictions(job / rundir.PREDICTIONS, whole / rundir.PREDICTIONS)
+    assert_same_predictions(
+        job / rundir.PREDICTIONS, repeated(period, n, tmp_path / "whole.parquet")
+    )
     log = (job / "pipeline.log").read_text()
     resumed = [int(m) for m in re.findall(r"resuming: (\d+) rows already committed", log)]
     attempts = 1 + len(resumed)
@@ -153,21 +206,26 @@ def test_a_time_limit_requeues_and_the_job_resumes(repo_root, tmp_path_factory, 
     )
     assert attempts >= 3, (resumed, log[-3000:])
     assert resumed == sorted(resumed) and resumed[-1] < n
+    assert "Traceback" not in task_logs(sweep)
 
 
-def test_scancel_term_then_a_rerun_finishes_the_folder(repo_root, tmp_path_factory, tmp_path):
-    """scancel --signal=TERM reaches the job's processes (workers ignore it, the main one
-    commits and stops); a plain rerun into the folder finishes it exactly."""
-    split = photo_split(tmp_path_factory.getbasetemp() / "slurm-small.parquet", 1200)
-    args = [*split_args(split), "num_workers=1"]
+def test_scancel_term_stops_every_task_and_one_process_finishes(
+    repo_root, tmp_path_factory, tmp_path
+):
+    """scancel --signal=TERM reaches both tasks of a job (workers ignore it, each rank
+    commits and stops); a plain one-process rerun into the folder finishes it exactly."""
+    split = photo_split(tmp_path_factory.getbasetemp() / "slurm-small.parquet", 2400)
+    args = [*split_args(split), "num_workers=0"]
     whole = uninterrupted(args, tmp_path_factory.getbasetemp() / "slurm-small-whole")
     out = tmp_path / "run"
     command = " ".join([sys.executable, "-m", "pipeline", *args, f"output_dir={out}"])
     job = slurm(
         "sbatch",
         "--parsable",
-        "-c",
+        "-n",
         "2",
+        "-c",
+        "1",
         "-o",
         str(tmp_path / "job.log"),
         f"--chdir={repo_root}",
@@ -175,14 +233,14 @@ def test_scancel_term_then_a_rerun_finishes_the_folder(repo_root, tmp_path_facto
         f"srun {command}",
     ).strip()
     deadline = time.time() + 300
-    while len(rundir.list_parts(out / rundir.PARTS)) < 3 and time.time() < deadline:
+    while len(rundir.list_parts(out / rundir.PARTS)) < 6 and time.time() < deadline:
         time.sleep(0.2)
     slurm("scancel", "--signal=TERM", job)
     while "RUNNING" in slurm("squeue", "-h", "-j", job, "-o", "%T") and time.time() < deadline:
         time.sleep(0.5)
     log = (tmp_path / "job.log").read_text()
-    assert "Stopped by SIGTERM; rows scored so far are committed" in log, log[-3000:]
-    assert 0 < rundir.committed_rows(out) < 1200 and not (out / rundir.METRICS).exists()
+    assert log.count("Stopped by SIGTERM; rows scored so far are committed") == 2, log[-3000:]
+    assert 0 < rundir.committed_rows(out) < 2400 and not (out / rundir.METRICS).exists()
     rerun = run_cli([*args, f"output_dir={out}"], cwd=repo_root)
     assert rerun.returncode == 0, rerun.stderr
     assert_same_predictions(out / rundir.PREDICTIONS, whole)
