@@ -84,7 +84,7 @@ def _check_key(override: Any) -> None:
         if key == "hydra/launcher":
             _check_launcher(override)
         return
-    if key in GROUPS and not (override.is_add() or override.is_force_add()):
+    if key in GROUPS:
         options = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
         for value in _values(override):
             if value not in options:

@@ -32,6 +32,11 @@ class Amp(str, Enum):
     bf16 = "bf16"
 
 
+class Protocol(str, Enum):
+    standard = "standard"  # the model's eval transform: resize, then center crop
+    crop = "crop"  # center crop only: images stored at the crop size (ImageNet-C)
+
+
 class Backend(str, Enum):
     pil = "pil"  # decode + resize with PIL: the reference pixels, bit for bit
     tensor = "tensor"  # decode + resize on uint8 tensors: faster, within 1 level
@@ -58,6 +63,13 @@ class DatasetConfig:
     classes: Any = None  # what labels mean: imagenet-1k, a list, a file (labels.py)
     restrict: bool = True  # a strict subset of the classes restricts the outputs to it
     image_roots: list[str] = field(default_factory=list)  # more folders image paths may reach
+    protocol: Protocol = Protocol.standard  # crop: center crop only (ImageNet-C's release)
+    # ImageNet-C's release (conf/dataset/imagenet-c.yaml): name, name/severity, or clean
+    corruption: str | None = None
+    severity: int | None = None
+    clean: str | None = None  # for corruption=clean: the clean val split's dataset ...
+    clean_split: str | None = None  # ... and its split
+    corrupt: str | None = None  # on the fly (imagecorruptions): name:severity, or none
 
 
 @dataclass
@@ -125,7 +137,8 @@ def register() -> None:
             OmegaConf.register_new_resolver(name, resolver)
 
 
-GROUPS = ("dataset", "model")  # config groups: conf/dataset/*.yaml, conf/model/*.yaml
+# config groups: conf/<group>/*.yaml; benchmark (a whole sweep) is added: +benchmark=NAME
+GROUPS = ("dataset", "model", "benchmark")
 NESTED = {
     "dataset": DatasetConfig,
     "model": ModelConfig,
@@ -163,3 +176,26 @@ def check_values(cfg: Config) -> None:
         )
     if cfg.output_dir == "":
         raise UserError("output_dir= is empty: name the run folder, or leave it unset")
+    check_corruptions(cfg)
+
+
+def check_corruptions(cfg: Config) -> None:
+    """ImageNet-C's cell (from the release) or an on-the-fly corruption, not both; names and
+    severities that exist; on-the-fly corruption happens in the workers' crops."""
+    from pipeline import imagenet_c
+
+    d = cfg.dataset
+    if d.corruption is not None and d.corrupt is not None:
+        raise UserError(
+            "dataset.corruption reads ImageNet-C's release, dataset.corrupt makes the "
+            "corruption on the fly: give one of them"
+        )
+    if d.corruption is not None:
+        imagenet_c.cell(d.corruption, d.severity)
+    if d.corrupt is not None:
+        imagenet_c.on_the_fly(d.corrupt)
+        if cfg.backend is Backend.device:
+            raise UserError(
+                "dataset.corrupt corrupts the crops in the workers; backend=device decodes on "
+                "the device: use backend=pil or backend=tensor"
+            )

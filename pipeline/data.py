@@ -92,7 +92,7 @@ class EvalDataset(torch.utils.data.Dataset):
             "error": None,
         }
         try:
-            item["image"] = self.preprocess(image, self.roots)
+            item["image"] = self.preprocess(image, self.roots, item["index"])
         except Exception as e:  # any decoder failure is a data fault, recorded per row
             item["error"] = error_reason(e)
         return item

@@ -19,7 +19,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import Backend, Config, OnError, plain
+from pipeline.config import Backend, Config, OnError, Protocol, plain
 from pipeline.errors import UserError
 from pipeline.splits import Source
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     import torch
 
+    from pipeline.imagenet_c import Corruption
     from pipeline.labels import LabelSpace
     from pipeline.model import LoadedModel
     from pipeline.real import RealLabels
@@ -71,6 +72,10 @@ class RunPlan:
     device_type: str = field(metadata=IN_RESULTS)
     amp: str = field(metadata=IN_RESULTS)  # the autocast dtype used: float16, bfloat16 or off
     backend: Backend = field(metadata=IN_RESULTS)
+    protocol: Protocol = field(metadata=IN_RESULTS)  # standard, or crop only (ImageNet-C's)
+    corruption: str | None = field(metadata=IN_RESULTS)  # ImageNet-C: a corruption, or clean
+    severity: int | None = field(metadata=IN_RESULTS)
+    corruption_source: str | None = field(metadata=IN_RESULTS)  # the release, or on the fly
     # the labels
     label_space: str = field(metadata=IN_RESULTS)  # imagenet-1k | subset:<n> | unlabeled
     dataset_label_type: str = field(
@@ -195,6 +200,8 @@ def _typed(annotation: str, value: Any) -> Any:
     """A JSON value as the field declares it (enums from values, tuples from lists)."""
     if annotation == "Backend":
         return Backend(value)
+    if annotation == "Protocol":
+        return Protocol(value)
     if annotation == "OnError":
         return OnError(value)
     if annotation.startswith("tuple") and isinstance(value, list):
@@ -211,6 +218,7 @@ def build(
     model: LoadedModel,
     labels: LabelSpace,
     real: RealLabels | None,
+    corruption: Corruption,
     started: dt.datetime,
 ) -> RunPlan:
     """The plan of a run: the config, the settings resolved for this process, and what
@@ -221,7 +229,7 @@ def build(
     import torch
     import torchvision
 
-    d, pre = cfg.dataset, model.transforms
+    d, pre = split.source, model.transforms  # what was loaded (ImageNet-C: a cell's folder)
     return RunPlan(
         dataset_path=d.path,
         dataset_name=d.name,
@@ -244,11 +252,16 @@ def build(
         preprocess=(
             f"{model.preprocess}: resize {list(pre.resize_size)} {pre.interpolation.value}, "
             f"crop {list(pre.crop_size)}, mean {list(pre.mean)}, std {list(pre.std)}"
+            + (" (crop only: no resize)" if corruption.protocol is Protocol.crop else "")
         ),
         categories=tuple(model.categories),
         device_type=settings.device.type,
         amp=settings.amp_name,
         backend=cfg.backend,
+        protocol=corruption.protocol,
+        corruption=corruption.name,
+        severity=corruption.severity,
+        corruption_source=corruption.source,
         label_space=labels.kind,
         dataset_label_type=labels.label_type,
         restricted=labels.restricted,

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import metrics, rundir, stats
+from pipeline import imagenet_c, metrics, rundir, stats
 from pipeline.errors import UserError, one_line
 from pipeline.plan import RunPlan
 
@@ -337,6 +337,9 @@ def build(dirs: list[Path], n_thumbnails: int) -> tuple[dict[str, Any], list[dic
         "difference_interval": DIFF_INTERVAL,
         "ece_bins": stats.ECE_BINS,
         "runs": [single(r) for r in runs],
+        "imagenet_c": imagenet_c.summary(
+            imagenet_c.gather((str(r.dir), r.plan, r.scores) for r in runs)
+        ),
         "paired": [paired(first, r) for r in pairs],
     }
     shown, note = thumbnails(first, n_thumbnails)
@@ -344,16 +347,30 @@ def build(dirs: list[Path], n_thumbnails: int) -> tuple[dict[str, Any], list[dic
     return report, shown
 
 
-def write(dirs: list[Path], n_thumbnails: int) -> dict[str, Any]:
-    """Write report.json and report.html into the first run's folder."""
+def write(dirs: list[Path], n_thumbnails: int, out: Path | None = None) -> dict[str, Any]:
+    """Write report.json and report.html into `out` (the first run's folder by default)."""
     from pipeline import report_html
 
     report, shown = build(dirs, n_thumbnails)
-    out = dirs[0]
+    out = out or dirs[0]
     rundir.write_json(out / "report.json", report)
     page = report_html.render(report, shown)
     rundir.durable_write(out / "report.html", lambda tmp: tmp.write_text(page))
     return report
+
+
+def targets(paths: list[Path]) -> tuple[list[Path], Path]:
+    """The run folders to report on and where the report goes: the folders given, or a
+    sweep folder's finished jobs in job order (the report then in the sweep folder)."""
+    if len(paths) != 1 or not (paths[0] / "multirun.yaml").exists():
+        return paths, paths[0]
+    jobs = sorted(
+        (d for d in paths[0].iterdir() if d.name.isdigit() and (d / rundir.METRICS).exists()),
+        key=lambda d: int(d.name),
+    )
+    if not jobs:
+        raise UserError(f"{paths[0]} holds no finished job to report on")
+    return jobs, paths[0]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -361,14 +378,19 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m pipeline.report", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
-        "runs", type=Path, nargs="+", help="finished run folders; the first gets the report"
+        "runs",
+        type=Path,
+        nargs="+",
+        help="finished run folders (the first gets the report), or one sweep folder (its "
+        "finished jobs, the report in the sweep folder)",
     )
     parser.add_argument(
         "--thumbnails", type=int, default=24, help="most confident mistakes to show (0: none)"
     )
     args = parser.parse_args(argv)
     with one_line():
-        report = write(args.runs, args.thumbnails)
+        dirs, out = targets(args.runs)
+        report = write(dirs, args.thumbnails, out)
     first, num = report["runs"][0], stats.number
     lo, hi = first["top1_ci95"]
     print(f"top-1 {num(first['top1'])} [{num(lo)}, {num(hi)}]  ECE {num(first['ece'], 4)}")
@@ -377,7 +399,9 @@ def main(argv: list[str] | None = None) -> None:
             f"vs {p['run']}: agreement {num(p['agreement'], 4)}, top-1 "
             f"{stats.signed(p['top1_diff'])} points, McNemar p={num(p['mcnemar_p'], 3, 'g')}"
         )
-    print(f"wrote {args.runs[0] / 'report.html'} and {args.runs[0] / 'report.json'}")
+    for entry in report["imagenet_c"]:
+        print("\n".join(imagenet_c.lines(entry)))
+    print(f"wrote {out / 'report.html'} and {out / 'report.json'}")
 
 
 if __name__ == "__main__":

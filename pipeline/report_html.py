@@ -190,8 +190,93 @@ def paired(p: dict[str, Any]) -> str:
     )
 
 
+def heatmap(
+    rows: list[str],
+    values: list[list[float | None]],
+    title: str,
+    diverging: bool,
+    beside: list[list[float | None]] | None = None,
+) -> str:
+    """Corruption x severity cells, coloured by value and written in each (n/a: none);
+    `beside`: a second value written under each (the published error)."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    grid = np.array([[np.nan if v is None else 100 * v for v in row] for row in values])
+    fig = Figure(figsize=(5.2, 0.32 * len(rows) + 1.2))
+    ax = fig.subplots()
+    limit = np.nanmax(np.abs(grid)) if diverging and np.isfinite(grid).any() else None
+    image = ax.imshow(
+        grid,
+        cmap="RdBu_r" if diverging else "viridis_r",
+        vmin=-limit if limit else (None if diverging else 0),
+        vmax=limit if limit else (None if diverging else 100),
+        aspect="auto",
+    )
+    for (i, j), v in np.ndenumerate(grid):
+        text = "n/a" if np.isnan(v) else f"{v:+.1f}" if diverging else f"{v:.1f}"
+        under = None if beside is None else beside[i][j]
+        if under is not None:
+            text += f"\n({100 * under:.1f})"
+        ax.text(j, i, text, ha="center", va="center", fontsize=7 if beside is None else 6)
+    ax.set(xticks=range(5), xticklabels=[f"severity {s}" for s in range(1, 6)], title=title)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    return svg(fig)
+
+
+def imagenet_c(entries: list[dict[str, Any]]) -> str:
+    """Each model's ImageNet-C errors as a heatmap, its CE table and means, what is missing,
+    and for AlexNet its difference to the published errors."""
+    out = []
+    for e in entries:
+        rows = [c for c, errors in e["errors"].items() if any(v is not None for v in errors)]
+        rows = rows or list(e["errors"])
+        pub, mes = e["published"], e["measured"]
+        table_rows = [
+            [c, num(_x100(pub["ce"][c]), 1), num(_x100(pub["relative_ce"][c]), 1)]
+            + ([num(_x100(mes["ce"][c]), 1)] if mes else [])
+            for c in rows
+        ]
+        head = ["corruption", "CE %", "relative CE %"] + (
+            ["CE % (measured AlexNet)"] if mes else []
+        )
+        means = (
+            f"mCE {num(_x100(pub['mce']), 1)}, relative mCE {num(_x100(pub['relative_mce']), 1)}, "
+            f"clean error {num(_x100(e['clean']), 1)} (by the {esc(pub['by'])})"
+        )
+        if mes:
+            means += f"; by the {esc(mes['by'])}: mCE {num(_x100(mes['mce']), 1)}"
+        partial = (
+            f"<p class=warn>partial: no result for {esc(', '.join(e['missing']))}; the means "
+            f"need every cell</p>"
+            if e["partial"]
+            else ""
+        )
+        errors = [e["errors"][c] for c in rows]
+        maps = heatmap(rows, errors, "top-1 error (%)", diverging=False)
+        if e["versus_published"]:
+            shown = [c for c in rows if c in e["versus_published"]]
+            deltas = [e["versus_published"][c] for c in shown]
+            published = [e["published_errors"][c] for c in shown]
+            title = "this run - published, points (published %)"
+            maps += heatmap(shown, deltas, title, diverging=True, beside=published)
+        out += [
+            f"<h2>ImageNet-C: {esc(e['model'])}, {esc(e['source'])}</h2>",
+            f"<p>{means}</p>{partial}",
+            f'<div class="plots">{maps}</div>',
+            table(head, table_rows, {1, 2, 3}),
+        ]
+    return "".join(out)
+
+
+def _x100(value: float | None) -> float | None:
+    return None if value is None else 100 * value
+
+
 def render(report: dict[str, Any], shown: list[dict[str, Any]]) -> str:
     body = first_run(report["runs"][0], shown, report["thumbnails"]["note"])
+    body += imagenet_c(report.get("imagenet_c", []))
     if len(report["runs"]) > 1:
         body += comparisons(report)
     foot = (

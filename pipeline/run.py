@@ -22,8 +22,10 @@ import torch
 from tqdm import tqdm
 
 from pipeline import (
+    corrupt,
     data,
     distributed,
+    imagenet_c,
     inference,
     labels,
     metrics,
@@ -52,6 +54,7 @@ class Inputs:
     labels: labels.LabelSpace
     real: RealLabels | None
     model: model.LoadedModel
+    corruption: imagenet_c.Corruption  # ImageNet-C's, where the dataset is
 
 
 def evaluate(cfg: Config, out_dir: Path) -> dict[str, Any] | None:
@@ -94,6 +97,7 @@ def _run(
         model=inputs.model,
         labels=inputs.labels,
         real=inputs.real,
+        corruption=inputs.corruption,
         started=started,
     )
     todo = group.on_rank0(lambda: missing_rows(folder, the_plan))
@@ -117,20 +121,24 @@ def load_inputs(cfg: Config, group: distributed.Group) -> Inputs:
     """The split, what its labels mean, the ReaL labels if asked for, and the model: in
     that order, so that a label refusal never waits for the weights."""
     model.start_hashing(cfg.model.arch, cfg.model.weights)  # while the dataset loads
+    library = corrupt.library()[1] if cfg.dataset.corrupt not in (None, "none") else None
     split = group.rank0_first(lambda: splits.load_split(source(cfg)))
     return Inputs(
         split=split,
         labels=resolve_labels(cfg, split),
         real=load_real(cfg, split),
         model=model.load_model(**asdict(cfg.model)),
+        corruption=imagenet_c.of(cfg.dataset, library),
     )
 
 
 def source(cfg: Config) -> splits.Source:
-    """The split's source, from dataset.* of the config."""
+    """The split's source, from dataset.* of the config (for ImageNet-C, its cell's folder
+    of the release, or the clean val split)."""
     d = cfg.dataset
     given = {f.name: plain(getattr(d, f.name)) for f in fields(splits.Source)}
-    return splits.Source(**given | {"image_roots": tuple(d.image_roots)})
+    given |= {"image_roots": tuple(d.image_roots)} | imagenet_c.source_of(d)
+    return splits.Source(**given)
 
 
 def resolve_labels(cfg: Config, split: splits.Split) -> labels.LabelSpace:
@@ -205,7 +213,12 @@ def score_rows(
     """Score the rows in `todo`, committing parts as they come; (images scored, seconds)."""
     p, device = the_plan, torch.device(the_plan.device)
     net = model.place(inputs.model.model, device, channels_last=p.channels_last, compile=p.compile)
-    preprocess = Preprocess.from_transforms(inputs.model.transforms, p.backend)
+    preprocess = Preprocess.from_transforms(
+        inputs.model.transforms,
+        p.backend,
+        protocol=p.protocol,
+        corrupt=inputs.corruption.on_the_fly,
+    )
     batches = make_batches(p, inputs, todo, preprocess)
     writer = predictions.PredictionWriter(
         folder.commit_part,

@@ -46,12 +46,14 @@ COLUMNS = [
 
 
 def expected_jobs(sweep_dir: Path) -> list[list[str]]:
-    """The overrides of every job the sweep launched, from Hydra's multirun.yaml."""
+    """The overrides of every job the sweep launched, from Hydra's multirun.yaml (a config's
+    hydra.sweeper.params first, as Hydra's basic sweeper puts them)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    task = list(OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides.task)
-    parsed = OverridesParser.create().parse_overrides(task)
+    hydra = OmegaConf.load(sweep_dir / "multirun.yaml").hydra
+    params = [f"{k}={v}" for k, v in (hydra.sweeper.get("params") or {}).items()]
+    parsed = OverridesParser.create().parse_overrides(params + list(hydra.overrides.task))
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
@@ -133,6 +135,32 @@ class SweepReport(Callback):
         print_table(table)
         failed = int((table["status"] != "done").sum()) + merge_shards_of(sweep_dir, table)
         LAST_SWEEP.update(jobs=len(table), failed=failed)
+        print_imagenet_c(sweep_dir, table)
+
+
+def imagenet_c_summary(sweep_dir: Path, table: pd.DataFrame) -> list[dict[str, Any]]:
+    """ImageNet-C's errors, CE and mCE of the sweep's finished ImageNet-C runs (none when it
+    has none); also written to SWEEP/imagenet_c.json."""
+    from pipeline import imagenet_c
+
+    done = [Path(d) for d in table.loc[table["status"] == "done", "dir"]]
+    runs = [(str(d), rundir.read_plan(d), metrics.read(d / rundir.METRICS)) for d in done]
+    entries = imagenet_c.summary(imagenet_c.gather(runs))
+    if entries:
+        rundir.write_json(sweep_dir / "imagenet_c.json", entries)
+    return entries
+
+
+def print_imagenet_c(sweep_dir: Path, table: pd.DataFrame) -> None:
+    from pipeline import imagenet_c
+
+    try:
+        entries = imagenet_c_summary(sweep_dir, table)
+    except UserError as e:
+        print(f"error: ImageNet-C: {e}", file=sys.stderr)
+        return
+    for entry in entries:
+        print("\n".join(["", *imagenet_c.lines(entry)]))
 
 
 def merge_shards_of(sweep_dir: Path, table: pd.DataFrame) -> int:
@@ -159,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {args.sweep_dir / 'summary.parquet'}")
     with one_line():
         merge_shards_of(args.sweep_dir, table)
+    print_imagenet_c(args.sweep_dir, table)
 
 
 if __name__ == "__main__":

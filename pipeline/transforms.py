@@ -20,7 +20,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 from torchvision.transforms.v2 import functional as F2
 
-from pipeline.config import Backend
+from pipeline.config import Backend, Protocol
 from pipeline.images import Roots, error_reason, open_image, orientation, read_bytes, to_rgb
 
 FAST_FORMATS = {"JPEG", "PNG", "WEBP", "GIF"}  # what the tensor decoders read
@@ -51,9 +51,18 @@ class Preprocess:
     mean: list[float]
     std: list[float]
     backend: Backend = Backend.pil
+    resize: bool = True  # False: the crop-only protocol (images stored at the crop size)
+    corrupt: tuple[str, int] | None = None  # ImageNet-C's corruption, made on each crop
 
     @classmethod
-    def from_transforms(cls, transforms: Any, backend: Backend = Backend.pil) -> Preprocess:
+    def from_transforms(
+        cls,
+        transforms: Any,
+        backend: Backend = Backend.pil,
+        *,
+        protocol: Protocol = Protocol.standard,
+        corrupt: tuple[str, int] | None = None,
+    ) -> Preprocess:
         """Take the numbers from a torchvision `weights.transforms()`; never hand-typed."""
         return cls(
             resize_size=list(transforms.resize_size),
@@ -62,11 +71,14 @@ class Preprocess:
             mean=list(transforms.mean),
             std=list(transforms.std),
             backend=backend,
+            resize=protocol is Protocol.standard,
+            corrupt=corrupt,
         )
 
-    def __call__(self, image: Any, roots: Roots) -> torch.Tensor | Encoded:
+    def __call__(self, image: Any, roots: Roots, row: int = 0) -> torch.Tensor | Encoded:
         """An `Image(decode=False)` value -> uint8 (3, crop, crop) (or, for backend=device, a
-        plain JPEG still encoded); raises on undecodable data."""
+        plain JPEG still encoded); raises on undecodable data. `row` seeds an on-the-fly
+        corruption's draws."""
         data = read_bytes(image, roots)
         header = open_image(data)  # reads the header only: format, mode, bomb check
         plain_jpeg = header.format == "JPEG" and header.mode in ("RGB", "L")
@@ -75,14 +87,21 @@ class Preprocess:
             return Encoded(torch.frombuffer(bytearray(data), dtype=torch.uint8))
         fast = header.format in FAST_FORMATS and header.mode in FAST_MODES
         if self.backend is not Backend.pil and fast:
-            pixels = decode_tensor(data, orientation(header))
-            return self.resize_crop(pixels[None])[0]
-        return self.crop(to_rgb(header))
+            crop = self.resize_crop(decode_tensor(data, orientation(header))[None])[0]
+        else:
+            crop = self.crop(to_rgb(header))
+        if self.corrupt is None:
+            return crop
+        from pipeline.corrupt import corrupted
+
+        return corrupted(crop, *self.corrupt, row)
 
     def resize_crop(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) images of one size -> (N, 3, crop, crop): antialiased resize of
-        the shorter side, then the center crop, on whatever device they are."""
-        pixels = F2.resize(pixels, self.resize_size, self.interpolation, antialias=True)
+        the shorter side (not in the crop-only protocol), then the center crop, on whatever
+        device they are."""
+        if self.resize:
+            pixels = F2.resize(pixels, self.resize_size, self.interpolation, antialias=True)
         return F2.center_crop(pixels, self.crop_size)
 
     def decode_on(self, encoded: list[Encoded], device: torch.device) -> list[torch.Tensor | str]:
@@ -116,8 +135,12 @@ class Preprocess:
             return error_reason(e)
 
     def crop(self, image: Image.Image) -> torch.Tensor:
-        """RGB PIL image -> uint8 (3, crop, crop), with the very calls of `ImageClassification`."""
-        image = F.resize(image, self.resize_size, interpolation=self.interpolation, antialias=True)
+        """RGB PIL image -> uint8 (3, crop, crop), with the very calls of `ImageClassification`
+        (in the crop-only protocol, its center crop alone, as ImageNet-C's evaluation)."""
+        if self.resize:
+            image = F.resize(
+                image, self.resize_size, interpolation=self.interpolation, antialias=True
+            )
         return F.pil_to_tensor(F.center_crop(image, self.crop_size))
 
     def normalize(

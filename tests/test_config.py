@@ -14,6 +14,7 @@ REQUIRED = {  # values for the ??? fields of groups that have them
     "imagefolder": ["dataset.path=/data/val"],
     "parquet": ["dataset.data_files=/data/*.parquet"],
     "disk": ["dataset.path=/data/saved"],
+    "imagenet-c": ["dataset.path=/data/imagenet-c", "dataset.corruption=fog/3"],
 }
 
 

@@ -61,8 +61,8 @@ def run_installed(python: Path, *args: str, cwd: Path) -> subprocess.CompletedPr
 @pytest.mark.slow
 def test_the_installed_wheel_runs_the_sample_from_anywhere(installed, tmp_path):
     """From a folder outside the source tree, the installed package finds its configs in
-    itself (conf/ is shipped in the wheel): the sample runs, and the Slurm launcher's config
-    composes."""
+    itself (conf/ is shipped in the wheel): the sample runs, the Slurm launcher's config
+    and the ImageNet-C benchmark compose, and the published AlexNet table is there."""
     where = run_installed(
         installed, "-c", "import pipeline.config as c; print(c.CONF_DIR)", cwd=tmp_path
     )
@@ -85,6 +85,20 @@ def test_the_installed_wheel_runs_the_sample_from_anywhere(installed, tmp_path):
     assert (
         "submitit_launcher.SlurmLauncher" in slurm.stdout and "signal_delay_s: 120" in slurm.stdout
     )
+    bench = run_installed(
+        installed,
+        "-m",
+        "pipeline",
+        "--cfg",
+        "hydra",
+        "+benchmark=imagenet-c",
+        "dataset.path=c",
+        cwd=tmp_path,
+    )
+    assert bench.returncode == 0 and "jpeg_compression/5" in bench.stdout, bench.stderr
+    table = "from pipeline import imagenet_c; print(imagenet_c.published().errors['fog'][0])"
+    published = run_installed(installed, "-c", table, cwd=tmp_path)
+    assert published.stdout.strip() == "0.67474", published.stderr
 
 
 def test_the_slurm_launcher_without_its_extra_is_one_line(monkeypatch):
