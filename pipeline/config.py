@@ -37,6 +37,29 @@ class Protocol(str, Enum):
     crop = "crop"  # center crop only: images stored at the crop size (ImageNet-C)
 
 
+class Interpolation(str, Enum):  # model.interpolation: torchvision's InterpolationMode values
+    bilinear = "bilinear"
+    bicubic = "bicubic"
+    nearest = "nearest"
+
+
+LIBRARIES = ("torchvision", "timm", "hf")  # where model.arch's model comes from
+
+
+def split_arch(arch: str) -> tuple[str, str]:
+    """model.arch -> (library, name): `timm:NAME`, `hf:HUB_ID_OR_FOLDER`, or torchvision's
+    NAME (also `torchvision:NAME`)."""
+    library, colon, name = arch.partition(":")
+    if not colon:
+        return "torchvision", arch
+    if library not in LIBRARIES or not name:
+        raise UserError(
+            f"model.arch={arch}: name a torchvision classifier (alexnet), or prefix the "
+            f"library: timm:NAME or hf:HUB_ID_OR_FOLDER"
+        )
+    return library, name
+
+
 class Backend(str, Enum):
     pil = "pil"  # decode + resize with PIL: the reference pixels, bit for bit
     tensor = "tensor"  # decode + resize on uint8 tensors: faster, within 1 level
@@ -70,14 +93,23 @@ class DatasetConfig:
     clean: str | None = None  # for corruption=clean: the clean val split's dataset ...
     clean_split: str | None = None  # ... and its split
     corrupt: str | None = None  # on the fly (imagecorruptions): name:severity, or none
+    title: str | None = None  # its name in tables and plots (a preset's: its file name)
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "alexnet"
-    weights: str = "IMAGENET1K_V1"  # a torchvision weights name, a checkpoint path, or none
+    arch: str = "alexnet"  # a torchvision classifier, timm:NAME or hf:HUB_ID_OR_FOLDER
+    name: str | None = None  # model=timm / model=hf: the library's model (arch: timm:NAME)
+    # pretrained: the library's weights for it (torchvision: the architecture's DEFAULT) |
+    # a torchvision weights name | a checkpoint path (torchvision, timm) | none
+    weights: str = "pretrained"
     sha256: str | None = None  # checked before a checkpoint file is loaded
     preprocess: str | None = None  # a checkpoint's transforms: a weights name; null: DEFAULT
+    # the eval transform's numbers, overridden (test-time resolution studies); null: the
+    # model's own. A crop alone keeps the model's resize-to-crop ratio.
+    resize: int | None = None
+    crop: int | None = None
+    interpolation: Interpolation | None = None
 
 
 @dataclass
@@ -114,6 +146,8 @@ class Config:
     # record: an undecodable image gets an `error` row | raise: stop at the first
     on_error: OnError = OnError["record"]  # type: ignore[valid-type]
     commit_rows: int = 4096  # predictions survive a kill in parts of this many rows
+    # out of device memory: the rows left at half the batch size (said, and recorded)
+    oom_retry: bool = True
     output_dir: str | None = None  # null: Hydra's run directory; .hydra/ and the log go there
     progress: bool = True
 
@@ -176,7 +210,26 @@ def check_values(cfg: Config) -> None:
         )
     if cfg.output_dir == "":
         raise UserError("output_dir= is empty: name the run folder, or leave it unset")
+    check_model(cfg.model)
     check_corruptions(cfg)
+
+
+def check_model(m: ModelConfig) -> None:
+    """What the model's library can take (before anything heavy is imported)."""
+    library, name = split_arch(m.arch)
+    if m.name is not None and m.name != name:
+        raise UserError(
+            f"model.name={m.name} is read by model=timm and model=hf (their arch is "
+            f"LIBRARY:NAME), but model.arch={m.arch}: set one of them"
+        )
+    if m.preprocess is not None and library != "torchvision":
+        raise UserError(
+            f"model.preprocess names torchvision weights; {library} models bring their own "
+            f"(override it with model.resize, model.crop, model.interpolation)"
+        )
+    for key, value in (("model.resize", m.resize), ("model.crop", m.crop)):
+        if value is not None and value < 1:
+            raise UserError(f"{key}={value}; it must be 1 or more, or null for the model's own")
 
 
 def check_corruptions(cfg: Config) -> None:

@@ -18,9 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.errors import UserError
+from pipeline.errors import optional
 
-EXTRA = "pip install 'alexnet-eval[corrupt]'"
 JPEG_QUALITY = 85  # make_imagenet_c.py: Image.fromarray(np.uint8(img)).save(path, quality=85)
 SEEDED = ("impulse_noise", "glass_blur")  # draw from their own generators: seeded by argument
 
@@ -30,10 +29,7 @@ def library() -> tuple[Any, str]:
     """(imagecorruptions.corrupt, "<distribution> <version>"), or one line to install it."""
     from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        from imagecorruptions import corrupt
-    except ImportError as e:
-        raise UserError(f"dataset.corrupt needs imagecorruptions ({e}): {EXTRA}") from None
+    corrupt = optional("imagecorruptions", "corrupt", "dataset.corrupt").corrupt
     for dist in ("imagecorruptions-imaug", "imagecorruptions"):
         try:
             return corrupt, f"{dist} {version(dist)}"

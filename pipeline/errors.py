@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import ModuleType
 
 
 class UserError(Exception):
     """A mistake the user can fix; the CLI prints it as one line and exits non-zero."""
 
     exit_code = 2
+
+
+def optional(module: str, extra: str, needed_by: str) -> ModuleType:
+    """An optional dependency, imported, or one line naming the extra that brings it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise UserError(
+            f"{needed_by} needs {module} ({e}): pip install 'alexnet-eval[{extra}]'"
+        ) from None
 
 
 @contextmanager

@@ -166,7 +166,7 @@ class Landing:
             check_decoded(batch, self.on_error)  # in row order: backend=device decodes late
         except torch.OutOfMemoryError:
             self.inflight.clear()
-            raise UserError(oom_message(self.device, len(batch["index"]))) from None
+            raise OutOfMemory(self.device, len(batch["index"])) from None
         except BaseException:
             self.inflight.clear()
             raise
@@ -275,8 +275,14 @@ def check_decoded(batch: dict[str, Any], on_error: OnError) -> None:  # type: ig
         )
 
 
-def oom_message(device: torch.device, size: int) -> str:
-    return f"Out of {device.type} memory at batch_size={size}; try batch_size={max(size // 2, 1)}"
+class OutOfMemory(UserError):
+    """The device ran out of memory scoring a batch of `size` (oom_retry halves it)."""
+
+    def __init__(self, device: torch.device, size: int, where: str = "at") -> None:
+        super().__init__(
+            f"Out of {device.type} memory {where} batch_size={size}; try "
+            f"batch_size={max(size // 2, 1)} (oom_retry=true halves it by itself)"
+        )
 
 
 @contextmanager

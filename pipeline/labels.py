@@ -155,7 +155,7 @@ def class_id(entry: Any) -> int | None:
     return next(iter(ids))
 
 
-def _is_identity(names: Sequence[str]) -> bool:
+def is_identity(names: Sequence[str]) -> bool:
     """All 1000 names of one vocabulary, in its order: the labels are the ids themselves
     (ambiguous names such as ILSVRC's two 'crane's are then no problem)."""
     lowered = [n.strip().lower() for n in names]
@@ -166,7 +166,7 @@ def _is_identity(names: Sequence[str]) -> bool:
 
 def map_names(names: Sequence[Any], what: str) -> tuple[int, ...]:
     """Each of `names` -> an ImageNet id, or one line saying which are not classes."""
-    if _is_identity([str(n) for n in names]):
+    if is_identity([str(n) for n in names]):
         return tuple(range(N_CLASSES))
     ids = [class_id(n) for n in names]
     unknown = [str(n) for n, i in zip(names, ids, strict=True) if i is None]
@@ -278,7 +278,7 @@ def _known(name: str) -> bool:
     return name.strip() in exact or name.strip().lower() in folded
 
 
-def _try_id(entry: Any) -> int | None:
+def try_id(entry: Any) -> int | None:
     """class_id, with ambiguous names counted as unknown."""
     try:
         return class_id(entry)
@@ -357,7 +357,7 @@ def _classes_present(
     ImageNet-1k, as torchvision's ImageFolder sees it."""
     if table is not None:
         present = set(table) - {UNMAPPED}
-        with_empty = [_try_id(n) for n in folder_names or []]
+        with_empty = [try_id(n) for n in folder_names or []]
         if with_empty and None not in with_empty:
             present |= {i for i in with_empty if i is not None}
         return present

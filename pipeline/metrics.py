@@ -75,17 +75,12 @@ def accuracy(predictions_path: Path) -> Scores:
 
 
 def with_published(plan: RunPlan, scores: Scores) -> Scores:
-    """The scores with torchvision's published ImageNet-1K numbers for these weights, when
-    this run is the one they were measured on: torchvision's weights, the whole
-    50,000-image val split, in ImageNet-1k's label space, scored without errors."""
-    import torchvision
-
-    try:
-        enum = torchvision.models.get_model_weights(plan.model)
-    except ValueError:
-        return scores
+    """The scores with the library's published ImageNet-1k numbers for this model (the plan
+    holds them: torchvision's weights meta, timm's results table), when this run is the one
+    they were measured on: the whole 50,000-image val split, in ImageNet-1k's label space,
+    scored without errors."""
     whole = (
-        plan.weights in enum.__members__
+        plan.published_ref is not None
         and plan.label_space == "imagenet-1k"
         and scores.n_images == 50_000
         and scores.n_scored == scores.n_labeled == 50_000
@@ -93,10 +88,10 @@ def with_published(plan: RunPlan, scores: Scores) -> Scores:
         and plan.limit is None
         and plan.split.startswith("validation")
     )
-    ref = enum[plan.weights].meta["_metrics"].get("ImageNet-1K") if whole else None
-    if not ref:
+    if not whole or plan.published_ref is None:
         return scores
-    return replace(scores, published_top1=ref["acc@1"], published_top5=ref["acc@5"])
+    top1, top5 = plan.published_ref
+    return replace(scores, published_top1=top1, published_top5=top5)
 
 
 def published_check(plan: RunPlan, scores: Scores) -> str | None:
@@ -107,7 +102,7 @@ def published_check(plan: RunPlan, scores: Scores) -> str | None:
         return None
     d1, d5 = scores.top1 - ref1, scores.top5 - ref5
     line = (
-        f"published (torchvision {plan.weights}): top-1 {ref1:.3f}, top-5 "
+        f"published ({plan.published_by}): top-1 {ref1:.3f}, top-5 "
         f"{ref5:.3f}; this run {d1:+.3f} / {d5:+.3f} points"
     )
     if off_published(d1, d5):

@@ -1,10 +1,11 @@
-"""The model: a torchvision classifier with its weights, on a device.
+"""The model: a classifier from torchvision, timm or transformers, with its weights, its
+eval transform and its head read as ImageNet-1k, on a device.
 
-Weights come from torchvision's weights API (cached under `$TORCH_HOME`, so a
-pre-staged file works offline), from a local checkpoint (`.pth` state_dict
-read with `weights_only=True`, or `.safetensors`), or nowhere (random init).
-The preprocessing and class names always come from the architecture's
-torchvision weights enum, never from hand-typed numbers.
+torchvision's weights come from its weights API (cached under `$TORCH_HOME`, so a
+pre-staged file works offline), from a local checkpoint (`.pth` state_dict read with
+`weights_only=True`, or `.safetensors`), or nowhere (random init); the preprocessing and
+class names always come from the architecture's weights enum, never from hand-typed
+numbers. timm's and transformers' models are model_timm's and model_hf's.
 """
 
 from __future__ import annotations
@@ -18,32 +19,49 @@ import re
 import urllib.error
 import zipfile
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 import torchvision
 from torch import nn
 
+from pipeline.config import split_arch
 from pipeline.errors import UserError
+from pipeline.transforms import EvalTransform
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Published:
+    """The ImageNet-1k val accuracy a library publishes for these weights at this eval
+    transform: what a whole val run is checked against."""
+
+    top1: float
+    top5: float
+    by: str  # whose numbers, in words: "torchvision IMAGENET1K_V1", "timm results (...)"
+
+
 @dataclass
 class LoadedModel:
-    model: nn.Module
-    arch: str
-    weights: str  # the enum name, the checkpoint path, or "none"
+    model: nn.Module  # outputs ImageNet-1k's 1000 logits, in class order
+    arch: str  # as given: alexnet, timm:resnet50.a1_in1k, hf:microsoft/resnet-50
+    weights: str  # a torchvision weights name, pretrained, the checkpoint path, or "none"
     digest: Future[str] | str | None  # sha256 of the weights file, hashed in the background
     categories: list[str]
-    transforms: Any  # the eval transform of `preprocess`
-    preprocess: str  # the torchvision weights whose transforms and categories apply
+    transforms: EvalTransform  # the eval transform, as numbers
+    preprocess: str  # where those numbers come from
     expected_prefix: str | None = None  # the hash prefix torchvision puts in a file's name
     file: str | None = None  # the weights file read: torchvision's cached one, or a checkpoint
     # what the predictions depend on, not where the file lay: a torchvision weights name,
-    # "checkpoint" (its sha256 says which one) or "none"
+    # "pretrained" (timm, hf), "checkpoint" (its sha256 says which one) or "none"
     source: str = "none"
+    library: str = f"torchvision {torchvision.__version__}"
+    head: str = "ImageNet-1k (1000 outputs)"  # how the outputs were read as ImageNet-1k
+    published: Published | None = None
+    params: int = 0
+    gmacs: float = 0.0  # multiply-adds of one image at the crop size, in billions
 
     @property
     def sha256(self) -> str | None:
@@ -60,9 +78,70 @@ class LoadedModel:
 
 
 def load_model(
-    *, arch: str, weights: str, sha256: str | None, preprocess: str | None = None
+    *,
+    arch: str,
+    weights: str,
+    sha256: str | None,
+    preprocess: str | None = None,
+    resize: int | None = None,
+    crop: int | None = None,
+    interpolation: str | None = None,
 ) -> LoadedModel:
-    """Build `arch` and load `weights` (enum name | checkpoint path | none) on the CPU.
+    """The model of model.arch with `weights`, on the CPU, its eval transform overridden
+    where model.resize / crop / interpolation say, its size measured."""
+    library, name = split_arch(arch)
+    if library == "timm":
+        from pipeline import model_timm
+
+        loaded = model_timm.load(name, weights, sha256)
+    elif library == "hf":
+        from pipeline import model_hf
+
+        loaded = model_hf.load(name, weights, sha256)
+    else:
+        loaded = load_torchvision(name, weights, sha256, preprocess)
+    own = loaded.transforms
+    mode = getattr(interpolation, "value", interpolation)
+    transforms = own.overridden(resize=resize, crop=crop, interpolation=mode)
+    if transforms != own:
+        given = {"resize": resize, "crop": crop, "interpolation": mode}
+        changed = ", ".join(f"model.{k}={v}" for k, v in given.items() if v is not None)
+        loaded = replace(
+            loaded,
+            transforms=transforms,
+            preprocess=f"{loaded.preprocess}, with {changed}",
+            published=_published_at(library, name, transforms),
+        )
+    params, gmacs = measure(loaded.model, transforms)
+    return replace(loaded, params=params, gmacs=gmacs)
+
+
+def _published_at(library: str, name: str, transforms: EvalTransform) -> Published | None:
+    """A library's published numbers for another eval transform: timm publishes several."""
+    if library != "timm":
+        return None
+    from pipeline import model_timm
+
+    return model_timm.published(name, transforms)
+
+
+def measure(model: nn.Module, transforms: EvalTransform) -> tuple[int, float]:
+    """(parameters, GMACs of one image at the crop size): torch's FLOP counter over one
+    forward, halved (a multiply-add is two FLOPs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    crop = transforms.crop_size
+    h, w = (crop[0], crop[0]) if len(crop) == 1 else crop
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(torch.zeros(1, 3, h, w))
+    return sum(p.numel() for p in model.parameters()), counter.get_total_flops() / 2e9
+
+
+def load_torchvision(
+    arch: str, weights: str, sha256: str | None, preprocess: str | None = None
+) -> LoadedModel:
+    """Build `arch` and load `weights` (pretrained | enum name | checkpoint path | none).
 
     The eval transform and class names come from torchvision's weights entry: the one
     loaded, or for a checkpoint file `preprocess` (default: the architecture's DEFAULT).
@@ -70,16 +149,16 @@ def load_model(
     available = torchvision.models.list_models(module=torchvision.models)
     if arch not in available:
         raise UserError(
-            f"Unknown model.arch '{arch}'; torchvision classifiers: {', '.join(available)}"
+            f"Unknown model.arch '{arch}'; torchvision classifiers: {', '.join(available)} "
+            f"(or timm:NAME, hf:HUB_ID_OR_FOLDER)"
         )
     enum = torchvision.models.get_model_weights(arch)
     entry = _preprocess_entry(enum, preprocess)
-    file_sha, prefix, file = None, None, None
+    file_sha, prefix, file, published = None, None, None, None
+    if weights == "pretrained" or weights in enum.__members__:  # DEFAULT too: its real name
+        weights = enum["DEFAULT" if weights == "pretrained" else weights].name
     if weights.lower() == "none":
-        if sha256:
-            raise UserError("model.sha256 is set but model.weights=none loads no file; drop one")
-        log.warning("model.weights=none: random weights, accuracy is meaningless (smoke run)")
-        torch.manual_seed(0)  # the same random model in every process and run
+        random_weights(sha256)
         model = torchvision.models.get_model(arch, weights=None)
     else:
         if weights in enum.__members__:
@@ -91,8 +170,11 @@ def load_model(
             entry = enum[weights]
             state_dict, file_sha, file = _from_torchvision(entry, sha256)
             prefix = None if sha256 else _name_prefix(file)
+            ref = entry.meta["_metrics"].get("ImageNet-1K")
+            published = ref and Published(ref["acc@1"], ref["acc@5"], f"torchvision {weights}")
         else:
-            state_dict, file_sha = _from_file(weights, sha256, valid=list(enum.__members__))
+            valid = ["pretrained", *enum.__members__]
+            state_dict, file_sha = from_file(weights, sha256, valid=valid)
             file = weights
         model = _with_weights(arch, state_dict, weights)
     return LoadedModel(
@@ -101,19 +183,29 @@ def load_model(
         weights=weights,
         digest=file_sha,
         categories=list(entry.meta["categories"]),
-        transforms=entry.transforms(),
+        transforms=EvalTransform.of(entry.transforms()),
         preprocess=f"{type(entry).__name__}.{entry.name}",
         expected_prefix=prefix,
         file=file,
         source="checkpoint" if file == weights else weights,
+        published=published,
     )
+
+
+def random_weights(sha256: str | None) -> None:
+    """Before a random init: no sha256 to check, the warning, and the same random model in
+    every process and run."""
+    if sha256:
+        raise UserError("model.sha256 is set but model.weights=none loads no file; drop one")
+    log.warning("model.weights=none: random weights, accuracy is meaningless (smoke run)")
+    torch.manual_seed(0)
 
 
 def _with_weights(arch: str, state_dict: dict, source: str) -> nn.Module:
     """`arch` holding `state_dict`, built without a random init of the tensors it replaces."""
     with torch.device("meta"):
         model = torchvision.models.get_model(arch, weights=None)
-    _load_state(model, state_dict, source)
+    load_state(model, state_dict, source)
     if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
         model = torchvision.models.get_model(arch, weights=None)  # a buffer not saved
         model.load_state_dict(state_dict)
@@ -146,7 +238,7 @@ def _from_torchvision(entry: Any, sha256: str | None) -> tuple[dict, Future[str]
     cached = _cached_file(entry)
     existed = os.path.exists(cached)
     if sha256 and existed:
-        _check_sha256(cached, sha256)
+        check_sha256(cached, sha256)
     try:
         state_dict = entry.get_state_dict(progress=True, check_hash=True)
     except (urllib.error.URLError, OSError, RuntimeError) as e:
@@ -158,20 +250,18 @@ def _from_torchvision(entry: Any, sha256: str | None) -> tuple[dict, Future[str]
             f"(set TORCH_HOME to choose the folder), or pass model.weights=PATH"
         ) from e
     if sha256 and not existed:  # just downloaded: torchvision checked only a hash prefix
-        _check_sha256(cached, sha256)
+        check_sha256(cached, sha256)
     return state_dict, sha256.lower() if sha256 else hash_in_background(cached), cached
 
 
-def _from_file(
-    path: str, sha256: str | None, *, valid: list[str]
-) -> tuple[dict, Future[str] | str]:
+def from_file(path: str, sha256: str | None, *, valid: list[str]) -> tuple[dict, Future[str] | str]:
     """A local checkpoint: safetensors, or a state_dict read with `weights_only=True`."""
     if not os.path.isfile(path):
         raise UserError(
             f"model.weights='{path}' is neither a weights name ({', '.join(valid)}, none) "
             f"nor an existing file"
         )
-    digest = _check_sha256(path, sha256) if sha256 else hash_in_background(path)
+    digest = check_sha256(path, sha256) if sha256 else hash_in_background(path)
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -197,7 +287,7 @@ def _from_file(
     return {k.removeprefix("module."): v for k, v in loaded.items()}, digest
 
 
-def _load_state(model: nn.Module, state_dict: dict, source: str) -> None:
+def load_state(model: nn.Module, state_dict: dict, source: str) -> None:
     """load_state_dict, with one line saying what does not fit."""
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
@@ -222,6 +312,10 @@ def start_hashing(arch: str, weights: str) -> None:
     if os.path.isfile(weights):
         hash_in_background(weights)
         return
+    if split_arch(arch)[0] != "torchvision":
+        return
+    if weights == "pretrained":
+        weights = "DEFAULT"
     try:
         enum = torchvision.models.get_model_weights(arch)
     except ValueError:
@@ -260,7 +354,7 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _check_sha256(path: str, expected: str) -> str:
+def check_sha256(path: str, expected: str) -> str:
     actual = file_sha256(path)
     if actual != expected.lower():
         raise UserError(f"sha256 of {path} is {actual}, expected {expected} (model.sha256)")

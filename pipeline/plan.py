@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from pipeline.settings import Settings
     from pipeline.splits import Split
 
-VERSION = 2  # of run.json's layout; a folder of another version is refused, not guessed at
+VERSION = 3  # of run.json's layout; a folder of another version is refused, not guessed at
 RESULTS, RUNTIME = "results", "runtime"
 
 
@@ -62,8 +62,11 @@ class RunPlan:
     shard: str = field(metadata=IN_RESULTS)  # "index/count"
     rows: tuple[int, int | None] = field(metadata=IN_RESULTS)  # [start, stop) of the split
     # the model and its preprocessing
-    model: str = field(metadata=IN_RESULTS)
-    weights: str = field(metadata=IN_RESULTS)  # a torchvision weights name, "checkpoint" or "none"
+    model: str = field(metadata=IN_RESULTS)  # model.arch: alexnet, timm:NAME, hf:ID
+    # a torchvision weights name, "pretrained" (timm, hf), "checkpoint" or "none"
+    weights: str = field(metadata=IN_RESULTS)
+    model_library: str = field(metadata=IN_RESULTS)  # the library and its version
+    head: str = field(metadata=IN_RESULTS)  # how the model's outputs were read as ImageNet-1k
     weights_sha256: str | None = field(metadata=IN_RESULTS)
     preprocess: str = field(metadata=IN_RESULTS)
     categories: tuple[str, ...] = field(
@@ -90,7 +93,13 @@ class RunPlan:
     torchvision_version: str = field(metadata=IN_RESULTS)
     pillow_version: str = field(metadata=IN_RESULTS)
     # runtime
+    dataset_title: str | None = field(metadata=AT_RUNTIME)  # the dataset's name in tables
     weights_path: str | None = field(metadata=AT_RUNTIME)
+    params: int = field(metadata=AT_RUNTIME)
+    gmacs: float = field(metadata=AT_RUNTIME)  # multiply-adds of one image, billions
+    # what the model's library publishes for it on ImageNet-1k val: (top-1, top-5), whose
+    published_ref: tuple[float, float] | None = field(metadata=AT_RUNTIME)
+    published_by: str | None = field(metadata=AT_RUNTIME)
     label_source: str = field(metadata=AT_RUNTIME)  # how the labels were read, in words
     device: str = field(metadata=AT_RUNTIME)
     batch_size: int = field(metadata=AT_RUNTIME)
@@ -112,6 +121,15 @@ class RunPlan:
     merged_shards: int = field(
         default=0, metadata=AT_RUNTIME
     )  # a merge's target: how many shards it joins
+
+    @property
+    def title(self) -> str:
+        """The dataset's name in tables and plots: dataset.title, else its path (and for a
+        builder such as parquet, its data files)."""
+        if self.dataset_title:
+            return self.dataset_title
+        files = "" if self.data_files is None else f":{self.data_files}"
+        return f"{self.dataset_path}{files}"
 
     @property
     def source(self) -> Source:
@@ -248,12 +266,11 @@ def build(
         rows=rows,
         model=model.arch,
         weights=model.source,
+        model_library=model.library,
+        head=model.head,
         weights_sha256=model.sha256,
-        preprocess=(
-            f"{model.preprocess}: resize {list(pre.resize_size)} {pre.interpolation.value}, "
-            f"crop {list(pre.crop_size)}, mean {list(pre.mean)}, std {list(pre.std)}"
-            + (" (crop only: no resize)" if corruption.protocol is Protocol.crop else "")
-        ),
+        preprocess=f"{model.preprocess}: {pre.describe()}"
+        + (" (crop only: no resize)" if corruption.protocol is Protocol.crop else ""),
         categories=tuple(model.categories),
         device_type=settings.device.type,
         amp=settings.amp_name,
@@ -270,7 +287,12 @@ def build(
         torch_version=torch.__version__,
         torchvision_version=torchvision.__version__,
         pillow_version=PIL.__version__,
+        dataset_title=cfg.dataset.title,
         weights_path=model.file,
+        params=model.params,
+        gmacs=model.gmacs,
+        published_ref=(model.published.top1, model.published.top5) if model.published else None,
+        published_by=model.published.by if model.published else None,
         label_source=labels.source,
         device=str(settings.device),
         batch_size=cfg.batch_size,

@@ -108,7 +108,10 @@ def _run(
         log.info("rank %d of %d scores %s rows", group.rank, group.world, rundir.rows_of(mine))
     check_real(inputs, mine)
     stopper.check(hint)
-    scored, wall = score_rows(the_plan, inputs, folder, mine, stopper, show=group.rank == 0)
+    retry = cfg.oom_retry and group.world == 1  # ranks halving apart would not meet again
+    the_plan, scored, wall = score_retrying(
+        the_plan, inputs, folder, mine, stopper, retry=retry, show=group.rank == 0
+    )
     scored, wall = int(sum(group.gather(scored))), max(group.gather(wall))  # all ranks
     stopper.check(hint, signum=int(max(group.gather(stopper.signum or 0))))
     group.barrier()
@@ -127,9 +130,14 @@ def load_inputs(cfg: Config, group: distributed.Group) -> Inputs:
         split=split,
         labels=resolve_labels(cfg, split),
         real=load_real(cfg, split),
-        model=model.load_model(**asdict(cfg.model)),
+        model=model.load_model(**asdict(cfg.model, dict_factory=model_arguments)),
         corruption=imagenet_c.of(cfg.dataset, library),
     )
+
+
+def model_arguments(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    """model.* as load_model's arguments: model.name is in model.arch already."""
+    return {k: v for k, v in items if k != "name"}
 
 
 def source(cfg: Config) -> splits.Source:
@@ -199,6 +207,40 @@ def check_real(inputs: Inputs, todo: data.Todo) -> None:
         positions.tolist(),
         data.imagenet_labels(split, inputs.labels, positions),
     )
+
+
+def score_retrying(
+    the_plan: plan.RunPlan,
+    inputs: Inputs,
+    folder: rundir.RunFolder,
+    todo: data.Todo,
+    stopper: stop.Stop,
+    *,
+    retry: bool,
+    show: bool,
+) -> tuple[plan.RunPlan, int, float]:
+    """score_rows; out of device memory with oom_retry, the rows not yet committed again at
+    half the batch size (a warning says so; the plan, run.json and the metrics row hold
+    the batch size that finished), down to 1. (the plan, images scored, seconds)"""
+    scored, wall = 0, 0.0
+    while True:
+        start, left = time.perf_counter(), rundir.rows_of(todo)
+        try:
+            n, _ = score_rows(the_plan, inputs, folder, todo, stopper, show=show)
+            return the_plan, scored + n, wall + time.perf_counter() - start
+        except inference.OutOfMemory as e:
+            if not retry or the_plan.batch_size == 1:
+                raise UserError(f"{e}. {resume_hint(folder.path)}") from None
+            todo = folder.scan().missing
+            scored += (left or 0) - (rundir.rows_of(todo) or 0)
+            wall += time.perf_counter() - start
+        half = the_plan.batch_size // 2
+        log.warning(
+            "out of %s memory at batch_size=%d: the %s rows left go on at batch_size=%d "
+            "(oom_retry)", the_plan.device_type, the_plan.batch_size, rundir.rows_of(todo), half,
+        )  # fmt: skip
+        the_plan = replace(the_plan, batch_size=half)
+        folder.check_plan(the_plan)
 
 
 def score_rows(
@@ -279,9 +321,7 @@ def loop_faults(out_dir: Path, device: torch.device, batch_size: int) -> Iterato
     try:
         yield
     except torch.OutOfMemoryError:
-        raise UserError(
-            f"Out of memory feeding {device} at batch_size={batch_size}. {resume_hint(out_dir)}"
-        ) from None
+        raise inference.OutOfMemory(device, batch_size, "feeding it at") from None
     except RuntimeError as e:
         if "DataLoader worker" not in str(e):
             raise

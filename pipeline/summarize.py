@@ -30,6 +30,9 @@ COLUMNS = [
     "overrides",
     "dataset",
     "split",
+    "model",
+    "params_m",
+    "gmacs",
     "batch_size",
     "device",
     "amp",
@@ -63,8 +66,9 @@ def job_row(job_dir: Path, number: int, overrides: list[str]) -> dict[str, Any]:
     if config.exists():
         cfg = OmegaConf.load(config)
         row |= {
-            "dataset": cfg.dataset.path,
+            "dataset": cfg.dataset.get("title") or cfg.dataset.path,
             "split": cfg.dataset.split,
+            "model": cfg.model.arch,
             "batch_size": cfg.batch_size,
             "device": cfg.device,
             "amp": cfg.amp,
@@ -84,6 +88,11 @@ def finished(job_dir: Path) -> dict[str, Any]:
     intervals of top-1 and top-5 as '[low, high]' in percent."""
     the_plan, s = rundir.read_plan(job_dir), metrics.read(job_dir / rundir.METRICS)
     out: dict[str, Any] = {
+        "dataset": the_plan.title,
+        "split": the_plan.split,
+        "params_m": the_plan.params / 1e6,
+        "gmacs": the_plan.gmacs,
+        "batch_size": the_plan.batch_size,  # the one that finished (oom_retry may halve it)
         "device": the_plan.device,
         "amp": the_plan.amp,
         "label_space": the_plan.label_space,

@@ -8,9 +8,11 @@ does.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import Enum
 from functools import cache
 from typing import Any
 
@@ -34,6 +36,65 @@ class Encoded:
     data: torch.Tensor  # 1-D uint8
 
 
+class Style(str, Enum):
+    """Whose resize and center crop a model's eval transform is made with (its library's)."""
+
+    torchvision = "torchvision"  # PIL resize; crop offset rounded (torchvision, timm)
+    hf = "hf"  # uint8-tensor resize; crop offset floored (transformers' image processors)
+
+
+@dataclass(frozen=True)
+class EvalTransform:
+    """A model's eval preprocessing as numbers, taken from its library: the resize, the
+    center crop, the interpolation, the normalization, and whose way of doing them."""
+
+    resize_size: tuple[int, ...]  # (s,): the shorter side to s; (h, w): both sides (squash)
+    crop_size: tuple[int, ...]  # (c,) or (h, w)
+    interpolation: InterpolationMode
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    style: Style = Style.torchvision
+    crop_pct: float | None = None  # timm's crop / resize, where the library states it
+
+    @classmethod
+    def of(cls, transforms: Any, style: Style = Style.torchvision) -> EvalTransform:
+        """From torchvision's `weights.transforms()` (or anything with its attributes)."""
+        return cls(
+            resize_size=tuple(transforms.resize_size),
+            crop_size=tuple(transforms.crop_size),
+            interpolation=transforms.interpolation,
+            mean=tuple(transforms.mean),
+            std=tuple(transforms.std),
+            style=style,
+        )
+
+    def overridden(
+        self, *, resize: int | None, crop: int | None, interpolation: str | None
+    ) -> EvalTransform:
+        """With model.resize / model.crop / model.interpolation: a crop alone keeps the
+        resize-to-crop ratio (timm's crop_pct), a resize keeps the squash or shorter-side
+        form."""
+        crop_size = self.crop_size if crop is None else (crop,) * len(self.crop_size)
+        if resize is not None:
+            resize_size = (resize,) * len(self.resize_size)
+        elif crop is not None:
+            pct = self.crop_pct or self.crop_size[0] / self.resize_size[0]
+            resize_size = (math.floor(crop / pct + 1e-6),) * len(self.resize_size)
+        else:
+            resize_size = self.resize_size
+        mode = self.interpolation if interpolation is None else InterpolationMode(interpolation)
+        return replace(self, resize_size=resize_size, crop_size=crop_size, interpolation=mode)
+
+    def describe(self) -> str:
+        how = "squash" if len(self.resize_size) == 2 else "shorter side"
+        text = (
+            f"resize {list(self.resize_size)} ({how}) {self.interpolation.value}, crop "
+            f"{list(self.crop_size)}, mean {list(self.mean)}, std {list(self.std)}"
+        )
+        hf = self.style is Style.hf
+        return text + (", resized and cropped as transformers does" if hf else "")
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """The model's eval transform, split in two: uint8 crop in the worker, normalize on device.
@@ -53,6 +114,7 @@ class Preprocess:
     backend: Backend = Backend.pil
     resize: bool = True  # False: the crop-only protocol (images stored at the crop size)
     corrupt: tuple[str, int] | None = None  # ImageNet-C's corruption, made on each crop
+    style: Style = Style.torchvision
 
     @classmethod
     def from_transforms(
@@ -63,7 +125,8 @@ class Preprocess:
         protocol: Protocol = Protocol.standard,
         corrupt: tuple[str, int] | None = None,
     ) -> Preprocess:
-        """Take the numbers from a torchvision `weights.transforms()`; never hand-typed."""
+        """Take the numbers from a model's EvalTransform (or torchvision's
+        `weights.transforms()`); never hand-typed."""
         return cls(
             resize_size=list(transforms.resize_size),
             crop_size=list(transforms.crop_size),
@@ -73,6 +136,7 @@ class Preprocess:
             backend=backend,
             resize=protocol is Protocol.standard,
             corrupt=corrupt,
+            style=getattr(transforms, "style", Style.torchvision),
         )
 
     def __call__(self, image: Any, roots: Roots, row: int = 0) -> torch.Tensor | Encoded:
@@ -102,6 +166,8 @@ class Preprocess:
         device they are."""
         if self.resize:
             pixels = F2.resize(pixels, self.resize_size, self.interpolation, antialias=True)
+        if self.style is Style.hf:
+            return _floor_center_crop(pixels, self.crop_size)
         return F2.center_crop(pixels, self.crop_size)
 
     def decode_on(self, encoded: list[Encoded], device: torch.device) -> list[torch.Tensor | str]:
@@ -136,7 +202,10 @@ class Preprocess:
 
     def crop(self, image: Image.Image) -> torch.Tensor:
         """RGB PIL image -> uint8 (3, crop, crop), with the very calls of `ImageClassification`
-        (in the crop-only protocol, its center crop alone, as ImageNet-C's evaluation)."""
+        (in the crop-only protocol, its center crop alone, as ImageNet-C's evaluation); for
+        transformers' models, theirs: the uint8 tensor resized."""
+        if self.style is Style.hf:
+            return self.resize_crop(F.pil_to_tensor(image)[None])[0]
         if self.resize:
             image = F.resize(
                 image, self.resize_size, interpolation=self.interpolation, antialias=True
@@ -164,6 +233,19 @@ class Preprocess:
         out.copy_(batch)
         mean, std = _stats(tuple(self.mean), tuple(self.std), out.device, dtype)
         return out.div_(255.0).sub_(mean).div_(std)
+
+
+def _floor_center_crop(pixels: torch.Tensor, size: list[int]) -> torch.Tensor:
+    """transformers' center crop: padded as torchvision's where the image is smaller, but
+    the offset rounded down (torchvision rounds it: one pixel apart for odd margins)."""
+    h, w = (size[0], size[0]) if len(size) == 1 else size
+    height, width = pixels.shape[-2:]
+    if h > height or w > width:
+        pad_w, pad_h = max(w - width, 0), max(h - height, 0)
+        pixels = F2.pad(pixels, [pad_w // 2, pad_h // 2, (pad_w + 1) // 2, (pad_h + 1) // 2])
+        height, width = pixels.shape[-2:]
+    top, left = int((height - h) / 2.0), int((width - w) / 2.0)
+    return pixels[..., top : top + h, left : left + w]
 
 
 @cache

@@ -211,6 +211,7 @@ def test_out_of_memory_names_the_batch_size_and_keeps_rows(
         f"dataset.data_files={parquet_file}",
         "model.weights=none",
         "commit_rows=1",
+        "oom_retry=false",
     )
     with pytest.raises(UserError, match="batch_size=4; try batch_size=2"):
         run.evaluate(cfg, tmp_path / "out")

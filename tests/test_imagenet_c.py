@@ -7,6 +7,7 @@ import io
 import json
 import random
 import re
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -326,19 +327,10 @@ def test_on_the_fly_runs_are_labelled_approximate_and_resume_the_same(config, tm
 
 def test_on_the_fly_without_its_extra_is_one_line(config, tmp_path, monkeypatch):
     """dataset.corrupt where imagecorruptions is not installed names the extra."""
-    import builtins
-
     from pipeline import corrupt
 
     corrupt.library.cache_clear()
-    real = builtins.__import__
-
-    def no_library(name, *a, **k):
-        if name == "imagecorruptions":
-            raise ImportError("No module named 'imagecorruptions'")
-        return real(name, *a, **k)
-
-    monkeypatch.setattr(builtins, "__import__", no_library)
+    monkeypatch.setitem(sys.modules, "imagecorruptions", None)  # import raises ImportError
     with pytest.raises(UserError, match=r"pip install 'alexnet-eval\[corrupt\]'"):
         run.evaluate(config("model.weights=none", "dataset.corrupt=fog:3"), tmp_path / "out")
     corrupt.library.cache_clear()

@@ -473,6 +473,59 @@ def test_imagenet_real_labels_add_real_top1(config, tmp_path, answering):
     assert result["top1"] == pytest.approx(75.0)
 
 
+def timm_wds(root, labels: dict[int, int], shards: int = 2):
+    """timm/imagenet-1k-wds's layout: imagenet1k-validation-NNNN.tar shards at the top (val
+    numbers shuffled across them) of <key>.jpg + .cls + .json, the key ILSVRC2012_val_%08d,
+    and a train shard beside them."""
+    root.mkdir(parents=True)
+    numbers = list(labels)
+    for shard in range(shards):
+        with tarfile.open(root / f"imagenet1k-validation-{shard:04d}.tar", "w") as tar:
+            for n in numbers[shard::shards]:
+                key = f"ILSVRC2012_val_{n:08d}"
+                meta = {"filename": f"{key}.JPEG", "label": labels[n], "width": 80, "height": 64}
+                members = {
+                    "jpg": jpeg(photo(n, (80, 64))),
+                    "cls": str(labels[n]).encode(),
+                    "json": json.dumps(meta).encode(),
+                }
+                for suffix, data in members.items():
+                    info = tarfile.TarInfo(f"{key}.{suffix}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    with tarfile.open(root / "imagenet1k-train-0000.tar", "w") as tar:
+        info = tarfile.TarInfo("n01440764_1.cls")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"0"))
+    return root
+
+
+def test_timm_webdataset_preset_scores_val_and_real(config, tmp_path, answering):
+    """dataset=imagenet-1k-wds on a replica of the hub's shards: the validation split (not
+    the train shard), cls as ImageNet ids, the key as each row's id, and ReaL matched by the
+    key's val number however the shards shuffle the rows."""
+    labels = {7: SPRINGER, 2: TENCH, 5: SPRINGER, 1: GOLDFISH, 3: 999}
+    root = timm_wds(tmp_path / "wds", labels)
+    real = real_json(tmp_path, [[0], [SPRINGER], [TENCH], [], [SPRINGER], [], [5]])
+    result, frame = scored(
+        config,
+        tmp_path,
+        "dataset=imagenet-1k-wds",
+        f"dataset.path={root}",
+        answering(SPRINGER),
+        f"metrics.real_labels={real}",
+    )
+    numbers = [int(i.removeprefix("ILSVRC2012_val_")) for i in frame["id"]]
+    assert sorted(numbers) == sorted(labels) and result["n_images"] == 5
+    assert frame["label"].tolist() == [labels[n] for n in numbers]
+    real_sets = {1: {0}, 2: {SPRINGER}, 3: {TENCH}, 5: {SPRINGER}, 7: {5}}
+    expected = [SPRINGER in real_sets[n] for n in numbers]
+    assert frame["real_correct"].tolist() == expected
+    assert result["n_real"] == 5 and result["real_top1"] == pytest.approx(40.0)
+    assert result["top1"] == pytest.approx(40.0)  # val 5 and 7 are springers
+    assert result["dataset_title"] == "imagenet-val"
+
+
 @pytest.mark.parametrize(
     ("entries", "message"),
     [
@@ -514,14 +567,19 @@ def test_real_labels_refuse_rows_that_are_not_val_images(config, tmp_path):
 
 
 def test_published_numbers_are_checked_only_on_the_full_val_split(config, tmp_path):
-    """The summary compares with torchvision's published numbers only for torchvision's
-    weights on all 50,000 val images in ImageNet-1k's label space, flagging a gap > 0.1."""
+    """The summary compares with the published numbers the model brings (torchvision's
+    for its weights) only on all 50,000 val images in ImageNet-1k's label space, flagging a
+    gap > 0.1; a model with none (random weights) is never compared."""
     from dataclasses import replace
 
     run.evaluate(config("model.weights=none"), tmp_path / "sample")
+    unpublished = rundir.read_plan(tmp_path / "sample")
+    assert unpublished.published_ref is None
     full = replace(
-        rundir.read_plan(tmp_path / "sample"),
+        unpublished,
         weights="IMAGENET1K_V1",
+        published_ref=(56.522, 79.066),
+        published_by="torchvision IMAGENET1K_V1",
         label_space="imagenet-1k",
         dataset_rows=50_000,
         limit=None,
@@ -529,13 +587,15 @@ def test_published_numbers_are_checked_only_on_the_full_val_split(config, tmp_pa
     )
     scores = metrics.Scores(50_000, 50_000, 0, 50_000, top1=56.522, top5=79.066)
     line = metrics.published_check(full, metrics.with_published(full, scores))
-    assert "top-1 56.522, top-5 79.066; this run +0.000 / +0.000" in line and "WARNING" not in line
+    expected = "published (torchvision IMAGENET1K_V1): top-1 56.522, top-5 79.066"
+    assert f"{expected}; this run +0.000 / +0.000" in line
+    assert "WARNING" not in line
     off = metrics.with_published(full, replace(scores, top1=56.3))
     assert "WARNING" in metrics.published_check(full, off)
     for plan, counted in (
         (full, replace(scores, n_images=49_999)),
         (replace(full, dataset_rows=100_000), scores),
-        (replace(full, weights="none"), scores),
+        (replace(full, published_ref=None), scores),
         (replace(full, label_space="subset:200"), scores),
         (replace(full, limit=10), scores),
     ):

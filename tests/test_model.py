@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from pipeline import settings
 from pipeline.config import Amp
 from pipeline.errors import UserError
-from pipeline.model import load_model
+from pipeline.model import Published, load_model
 
 VALID_SHA = "0" * 64
 
@@ -106,17 +106,20 @@ def stage(torch_home, name: str, state_dict) -> object:
 
 
 def test_prestaged_torchvision_weights_load_offline(tmp_path, monkeypatch):
-    """IMAGENET1K_V1 goes through the weights API and reads a file pre-staged in $TORCH_HOME
-    (here random weights, staged under a name carrying their own hash prefix, as
-    torchvision names its files)."""
+    """IMAGENET1K_V1 (also the default, `pretrained`) goes through the weights API and reads
+    a file pre-staged in $TORCH_HOME (here random weights, staged under a name carrying
+    their own hash prefix, as torchvision names its files); it carries the published
+    numbers."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     staged = stage(tmp_path, "tmp.pth", torchvision.models.alexnet().state_dict())
     name = f"alexnet-owt-{sha256(staged)[:8]}.pth"
     staged = staged.rename(staged.with_name(name))
     entry = torchvision.models.AlexNet_Weights.IMAGENET1K_V1
     monkeypatch.setattr(entry.value, "url", entry.url.rsplit("/", 1)[0] + "/" + name)
-    loaded = load_model(arch="alexnet", weights="IMAGENET1K_V1", sha256=None)
-    assert loaded.sha256 == sha256(staged) and loaded.weights == "IMAGENET1K_V1"
+    for weights in ("IMAGENET1K_V1", "pretrained", "DEFAULT"):  # the default names V1
+        loaded = load_model(arch="alexnet", weights=weights, sha256=None)
+        assert loaded.sha256 == sha256(staged) and loaded.weights == "IMAGENET1K_V1"
+    assert loaded.published == Published(56.522, 79.066, "torchvision IMAGENET1K_V1")
 
 
 def test_wrong_file_under_torchvisions_name_is_refused(tmp_path, monkeypatch):

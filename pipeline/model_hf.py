@@ -1,0 +1,172 @@
+"""Hugging Face transformers' image classifiers (`model.arch=hf:HUB_ID_OR_FOLDER`, the `hf`
+extra): `AutoModelForImageClassification` with its weights (a folder, or the hub's through
+the Hugging Face cache, so a cached copy works offline; or none), the eval transform of its
+`AutoImageProcessor` as numbers (resized and cropped as that processor does it: uint8
+tensors, offsets rounded down), and its head read as ImageNet-1k by its id2label names.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+from typing import Any
+
+from torchvision.transforms import InterpolationMode
+
+from pipeline import heads, labels
+from pipeline.errors import UserError, optional
+from pipeline.model import LoadedModel, file_sha256, hash_in_background, random_weights
+from pipeline.transforms import EvalTransform, Style
+
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")  # what from_pretrained reads
+# the processor's methods that decide the pixels: one overridden means its own resize
+PIXEL_METHODS = ("resize", "center_crop", "_preprocess", "preprocess", "process_image")
+
+
+def load(name: str, weights: str, sha256: str | None) -> LoadedModel:
+    """The classifier of a hub id or a local folder (config.json, weights, the image
+    processor's preprocessor_config.json), with its pretrained weights or none."""
+    transformers = optional("transformers", "hf", "model.arch=hf:...")
+    transformers.utils.logging.disable_progress_bar()  # its per-load bars: ours is the run's
+    if weights not in ("pretrained", "none"):
+        raise UserError(
+            f"model.weights={weights}: a transformers model's weights are those of "
+            f"model.arch=hf:{name} (a hub id or a folder): pretrained, or none"
+        )
+    what = f"model.arch=hf:{name}"
+    processor = _read(what, lambda: transformers.AutoImageProcessor.from_pretrained(name))
+    config = _read(what, lambda: transformers.AutoConfig.from_pretrained(name))
+    auto = transformers.AutoModelForImageClassification
+    digest = None
+    if weights == "none":
+        random_weights(sha256)
+        net = _read(what, lambda: auto.from_config(config))
+    else:
+        net = _read(what, lambda: auto.from_pretrained(name))
+        digest = _digest(name, sha256)
+    names = [config.id2label[i] for i in range(config.num_labels)]
+    columns, head = heads.to_imagenet(names, f"hf:{name}'s head (id2label)")
+    return LoadedModel(
+        model=heads.Head(net.eval(), columns).eval(),
+        arch=f"hf:{name}",
+        weights=weights,
+        digest=digest,
+        categories=labels.categories(),
+        transforms=eval_transform(processor, name),
+        preprocess=f"transformers {type(processor).__name__} of {name}",
+        file=name,
+        source=weights,
+        library=f"transformers {transformers.__version__}",
+        head=head,
+    )
+
+
+def _read(what: str, make: Any) -> Any:
+    """A transformers loader's result, or its error as one line (offline and not cached,
+    not a classifier, a folder without its files)."""
+    try:
+        return make()
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{what}: {first}") from None
+
+
+def _digest(name: str, sha256: str | None) -> Any:
+    """The sha256 of the weights read: the one file's, or over the shards' sha256s."""
+    found = sorted(
+        f for pattern in WEIGHT_FILES for f in glob.glob(os.path.join(_folder(name), pattern))
+    )
+    if not found:
+        if sha256:
+            raise UserError(f"model.sha256 is set but no weights file of hf:{name} was found")
+        return None
+    if len(found) == 1:
+        digest = file_sha256(found[0]) if sha256 else hash_in_background(found[0])
+    else:
+        digest = hashlib.sha256("".join(file_sha256(f) for f in found).encode()).hexdigest()
+    if sha256 and digest != sha256.lower():
+        raise UserError(f"sha256 of hf:{name}'s weights is {digest}, expected {sha256}")
+    return digest
+
+
+def _folder(name: str) -> str:
+    """Where from_pretrained read the files: the folder, or the hub cache's snapshot."""
+    if os.path.isdir(name):
+        return name
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(name, local_files_only=True)
+
+
+def eval_transform(processor: Any, name: str) -> EvalTransform:
+    """The processor's resize, crop and normalization as numbers, for processors that use
+    transformers' generic torchvision steps (and ConvNeXT's crop_pct resize); one line for
+    those that resize in their own way."""
+    from transformers.image_processing_backends import TorchvisionBackend
+    from transformers.image_utils import pil_torch_interpolation_mapping
+
+    kind = type(processor)
+    own = [
+        m
+        for m in PIXEL_METHODS
+        if getattr(kind, m, None) is not getattr(TorchvisionBackend, m, None)
+    ]
+    convnext = kind.__name__ == "ConvNextImageProcessor" and set(own) <= {"resize", "_preprocess"}
+    generic = isinstance(processor, TorchvisionBackend)  # not narrowing: its fields are Any
+    if not generic or (own and not convnext):
+        raise UserError(
+            f"hf:{name}'s image processor {kind.__name__} resizes in its own way, which is not "
+            f"supported here"
+        )
+    if processor.do_rescale and abs(processor.rescale_factor * 255 - 1) > 1e-9:
+        raise UserError(
+            f"hf:{name} rescales by {processor.rescale_factor}, not 1/255: not supported"
+        )
+    if getattr(processor, "do_pad", None):
+        raise UserError(f"hf:{name}'s image processor pads its images: not supported")
+    size = processor.size
+    if convnext:
+        if processor.do_center_crop:
+            raise UserError(f"hf:{name}'s ConvNeXT processor crops twice: not supported")
+        resize, crop = _convnext_sizes(size.shortest_edge, processor.crop_pct)
+    else:
+        resize, crop = _sizes(processor, name)
+    mode = pil_torch_interpolation_mapping[processor.resample]
+    normalize = processor.do_normalize
+    return EvalTransform(
+        resize_size=resize,
+        crop_size=crop,
+        interpolation=InterpolationMode(mode.value),
+        mean=tuple(processor.image_mean) if normalize else (0.0, 0.0, 0.0),
+        std=tuple(processor.image_std) if normalize else (1.0, 1.0, 1.0),
+        style=Style.hf,
+    )
+
+
+def _convnext_sizes(edge: int, crop_pct: float) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """ConvNeXT's: below 384, the shorter side to int(edge / crop_pct), then crop edge;
+    from 384 on, both sides to edge."""
+    if edge < 384:
+        return (int(edge / crop_pct),), (edge, edge)
+    return (edge, edge), (edge, edge)
+
+
+def _sizes(processor: Any, name: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The generic steps: resize to height x width or the shorter side to shortest_edge,
+    then the center crop when do_center_crop (images of one shape, either way)."""
+    size = processor.size
+    if size.height and size.width and not size.shortest_edge:
+        resize: tuple[int, ...] = (size.height, size.width)
+    elif size.shortest_edge and not size.longest_edge:
+        resize = (size.shortest_edge,)
+    else:
+        raise UserError(f"hf:{name}'s image processor resizes to {size}: not supported")
+    if processor.do_center_crop:
+        return resize, (processor.crop_size.height, processor.crop_size.width)
+    if len(resize) == 1:
+        raise UserError(
+            f"hf:{name}'s image processor resizes the shorter side without cropping: images "
+            f"of varying shapes cannot be batched"
+        )
+    return resize, resize
