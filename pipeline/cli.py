@@ -49,7 +49,7 @@ def check_command_line(argv: Sequence[str]) -> None:
             "set hydra.sweep.dir=DIR instead (jobs go to DIR/0, DIR/1, ...)"
         )
     for override in overrides:
-        _check_key(override)
+        _check_key(override, _search_dirs(overrides))
     if args.config_name or args.config_path or args.config_dir:
         return  # another primary config: Hydra composes and checks it itself
     for job in _jobs(overrides, multirun=args.multirun):
@@ -63,8 +63,9 @@ def check_override_keys(argv: Sequence[str]) -> None:
     from hydra._internal.utils import get_args_parser
 
     args, _ = get_args_parser().parse_known_args(list(argv))
-    for override in _parse(args.overrides):
-        _check_key(override)
+    overrides = _parse(args.overrides)
+    for override in overrides:
+        _check_key(override, _search_dirs(overrides))
 
 
 def _parse(overrides: list[str]) -> list[Any]:
@@ -77,7 +78,19 @@ def _parse(overrides: list[str]) -> list[Any]:
         raise UserError(f"Cannot parse the command line: {_first_line(e)}") from None
 
 
-def _check_key(override: Any) -> None:
+def _search_dirs(overrides: list[Any]) -> list[Path]:
+    """The config folders Hydra reads: ours, then those hydra.searchpath adds (the user's
+    own presets: hydra.searchpath=[file:///path/to/conf])."""
+    dirs = [CONF_DIR]
+    for o in (o for o in overrides if o.key_or_group == "hydra.searchpath"):
+        value = o.value()
+        for entry in map(str, value if isinstance(value, list) else [value]):
+            if entry.startswith("file://") or "://" not in entry:
+                dirs.append(Path(entry.removeprefix("file://")))
+    return dirs
+
+
+def _check_key(override: Any, search_dirs: list[Path]) -> None:
     """A schema key, a group with one of its options, or Hydra's own (left to Hydra)."""
     key = override.key_or_group.lstrip("+~")
     if key.startswith("hydra"):
@@ -85,7 +98,7 @@ def _check_key(override: Any) -> None:
             _check_launcher(override)
         return
     if key in GROUPS:
-        options = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
+        options = sorted({p.stem for d in search_dirs for p in (d / key).glob("*.yaml")})
         for value in _values(override):
             if value not in options:
                 raise UserError(
@@ -128,7 +141,12 @@ def _jobs(overrides: list[Any], *, multirun: bool) -> list[list[str]]:
     """Each job's overrides, without Hydra's own (what compose checks)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
-    ours = [o for o in overrides if not o.key_or_group.lstrip("+~").startswith("hydra")]
+    ours = [
+        o
+        for o in overrides
+        if o.key_or_group == "hydra.searchpath"  # compose finds the user's presets through it
+        or not o.key_or_group.lstrip("+~").startswith("hydra")
+    ]
     if not multirun:
         return [[o.input_line for o in ours]]
     return [job for batch in BasicSweeper.split_arguments(ours, None) for job in batch]

@@ -26,10 +26,11 @@ def test_every_dataset_config_composes(config, name):
 
 
 def test_defaults_are_the_documented_ones(config):
-    """The defaults: the bundled sample, AlexNet IMAGENET1K_V1, auto amp, pil backend."""
+    """The defaults: the bundled sample, AlexNet's pretrained weights (torchvision's DEFAULT:
+    IMAGENET1K_V1, test_model pins it), auto amp, pil backend."""
     cfg = config()
     assert cfg.dataset.path == "parquet" and cfg.dataset.data_files.endswith("sample.parquet")
-    assert (cfg.model.arch, cfg.model.weights) == ("alexnet", "IMAGENET1K_V1")
+    assert (cfg.model.arch, cfg.model.weights) == ("alexnet", "pretrained")
     assert cfg.amp is Amp.auto and cfg.limit is None
 
 
@@ -39,6 +40,19 @@ def test_mistyped_key_names_the_valid_keys():
         check_override_keys(["batchsize=3"])
     check_override_keys(["batch_size=3", "dataset=imagenet-val", "dataset.split=x", "~limit"])
     assert "dataset.image_column" in schema_keys() and "metrics.real_labels" in schema_keys()
+
+
+def test_presets_on_hydras_searchpath_are_options(tmp_path):
+    """A user's own dataset presets, added with hydra.searchpath, are valid options (and
+    compose); a mistyped one names them among the valid."""
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "mine.yaml").write_text("path: parquet\ndata_files: x.parquet\n")
+    search = f"hydra.searchpath=[file://{tmp_path}]"
+    check_command_line(["-m", search, "dataset=mine,sample", "hydra.sweep.dir=/tmp/s"])
+    with pytest.raises(UserError, match=r"dataset=mien is not.*Did you mean 'mine'.*mine, "):
+        check_override_keys([search, "dataset=mien"])
+    with pytest.raises(UserError, match="dataset=mine is not a config of dataset/"):
+        check_override_keys(["dataset=mine"])
 
 
 @pytest.mark.parametrize(
