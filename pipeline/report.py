@@ -1,12 +1,13 @@
 """report.html + report.json for finished runs: how good the model is, how sure that number
 is, where it fails, and whether run B really differs from run A.
 
-    python -m pipeline.report RUN [RUN ...] [--thumbnails N]
+    python -m pipeline.report RUN [RUN ...] [--thumbnails N] [--val TITLE] [--scale S]
 
 Written into the first RUN folder: report.html (one self-contained file: inline CSS,
 plots as inline SVG, thumbnails as data URIs, nothing from the network) and
 report.json (every number the page shows, under stable keys). Runs over the same rows
 as the first get a paired comparison with it; runs over other data a side-by-side row.
+Models run on val and on shifted datasets get the effective-robustness plot.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import imagenet_c, metrics, rundir, stats
+from pipeline import imagenet_c, metrics, robustness, rundir, stats
 from pipeline.errors import UserError, one_line
 from pipeline.plan import RunPlan
 
@@ -324,8 +325,11 @@ def thumbnail(image: Any, roots: Any) -> str | None:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def build(dirs: list[Path], n_thumbnails: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """report.json's content, and the thumbnails (kept out of the JSON)."""
+def build(
+    dirs: list[Path], n_thumbnails: int, val: str = robustness.VAL, scale: str = "logit"
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """report.json's content, and the thumbnails (kept out of the JSON); `val` and `scale`:
+    the effective-robustness plot's x axis and its scale."""
     runs = [load(d) for d in dirs]
     first = runs[0]
     pairs = [r for r in runs[1:] if same_rows(first, r)]
@@ -340,6 +344,9 @@ def build(dirs: list[Path], n_thumbnails: int) -> tuple[dict[str, Any], list[dic
         "imagenet_c": imagenet_c.summary(
             imagenet_c.gather((str(r.dir), r.plan, r.scores) for r in runs)
         ),
+        "effective_robustness": robustness.summary(
+            ((str(r.dir), r.plan, r.scores) for r in runs), val, scale
+        ),
         "paired": [paired(first, r) for r in pairs],
     }
     shown, note = thumbnails(first, n_thumbnails)
@@ -347,11 +354,17 @@ def build(dirs: list[Path], n_thumbnails: int) -> tuple[dict[str, Any], list[dic
     return report, shown
 
 
-def write(dirs: list[Path], n_thumbnails: int, out: Path | None = None) -> dict[str, Any]:
+def write(
+    dirs: list[Path],
+    n_thumbnails: int,
+    out: Path | None = None,
+    val: str = robustness.VAL,
+    scale: str = "logit",
+) -> dict[str, Any]:
     """Write report.json and report.html into `out` (the first run's folder by default)."""
     from pipeline import report_html
 
-    report, shown = build(dirs, n_thumbnails)
+    report, shown = build(dirs, n_thumbnails, val, scale)
     out = out or dirs[0]
     rundir.write_json(out / "report.json", report)
     page = report_html.render(report, shown)
@@ -387,10 +400,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--thumbnails", type=int, default=24, help="most confident mistakes to show (0: none)"
     )
+    parser.add_argument(
+        "--val",
+        default=robustness.VAL,
+        help="effective robustness: the dataset.title of the val runs, the x axis "
+        f"(default {robustness.VAL})",
+    )
+    parser.add_argument(
+        "--scale",
+        choices=sorted(robustness.SCALES),
+        default="logit",
+        help="effective robustness: the axes' scale (default logit)",
+    )
     args = parser.parse_args(argv)
     with one_line():
         dirs, out = targets(args.runs)
-        report = write(dirs, args.thumbnails, out)
+        report = write(dirs, args.thumbnails, out, args.val, args.scale)
     first, num = report["runs"][0], stats.number
     lo, hi = first["top1_ci95"]
     print(f"top-1 {num(first['top1'])} [{num(lo)}, {num(hi)}]  ECE {num(first['ece'], 4)}")
@@ -401,6 +426,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     for entry in report["imagenet_c"]:
         print("\n".join(imagenet_c.lines(entry)))
+    for line in robustness.lines(report["effective_robustness"]):
+        print(line)
     print(f"wrote {out / 'report.html'} and {out / 'report.json'}")
 
 

@@ -270,6 +270,74 @@ def imagenet_c(entries: list[dict[str, Any]]) -> str:
     return "".join(out)
 
 
+TICKS = (1, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 98, 99)  # percent
+
+
+def robustness_plot(entry: dict[str, Any], val: str, scale: str) -> str:
+    """Shifted top-1 against val top-1 on scaled axes: the models, the line through them,
+    and y = x (no drop under the shift)."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from pipeline.robustness import SCALES
+
+    to_axis = SCALES[scale][0]
+    rows = entry["models"]
+    xs = [to_axis(r["val_top1"] / 100) for r in rows]
+    ys = [to_axis(r["top1"] / 100) for r in rows]
+    fig = Figure(figsize=(5.0, 4.4))
+    ax = fig.subplots()
+    low, high = min(xs + ys), max(xs + ys)
+    ticks = [t for t in TICKS if low - 0.6 <= to_axis(t / 100) <= high + 0.6] or [1, 99]
+    span = [to_axis(ticks[0] / 100), to_axis(ticks[-1] / 100)]
+    ax.plot(span, span, ":", color="#777", lw=1, label="y = x (no shift)")
+    if entry["fit"]:
+        line = np.linspace(span[0], span[1], 50)
+        fitted = entry["fit"]["slope"] * line + entry["fit"]["intercept"]
+        ax.plot(line, fitted, "-", color="#a33", lw=1.2, label=f"{scale} fit")
+    ax.scatter(xs, ys, color="#2b5b84", zorder=3)
+    for r, x, y in zip(rows, xs, ys, strict=True):
+        ax.annotate(r["model"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xticks([to_axis(t / 100) for t in ticks], [str(t) for t in ticks])
+    ax.set_yticks([to_axis(t / 100) for t in ticks], [str(t) for t in ticks])
+    ax.set(
+        xlabel=f"{val} top-1 (%, {scale} scale)",
+        ylabel=f"{entry['dataset']} top-1 (%, {scale} scale)",
+        title=f"Effective robustness: {entry['dataset']}",
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    return svg(fig)
+
+
+def effective_robustness(er: dict[str, Any]) -> str:
+    """Each shifted dataset's plot and its table of models; what was left out, and why."""
+    if not er or not (er["datasets"] or er["notes"]):
+        return ""
+    out = ["<h2>Effective robustness</h2>"]
+    out.append(
+        f"<p class=muted>Top-1 on each dataset against top-1 on {esc(er['val'])}, on "
+        f"{esc(er['scale'])}-scaled axes, with the least-squares line through the models "
+        f"(Taori et al. 2020). Effective robustness: a model's top-1 minus the line's at its "
+        f"{esc(er['val'])} top-1, in points.</p>"
+    )
+    plots, tables = [], []
+    for d in er["datasets"]:
+        if d["models"]:
+            plots.append(robustness_plot(d, er["val"], er["scale"]))
+        head = ["model", f"{er['val']} top-1 %", f"{d['dataset']} top-1 %", "on the line %",
+                "effective robustness, points"]  # fmt: skip
+        rows = [
+            [r["model"], num(r["val_top1"], 2), num(r["top1"], 2),
+             num(r.get("expected_top1"), 2), num(r.get("effective_robustness"), 2)]
+            for r in d["models"]
+        ]  # fmt: skip
+        notes = "".join(f"<p class=warn>{esc(n)}</p>" for n in d["left_out"])
+        tables.append(f"<h3>{esc(d['dataset'])}</h3>{table(head, rows, {1, 2, 3, 4})}{notes}")
+    out.append(f'<div class="plots">{"".join(plots)}</div>' + "".join(tables))
+    out += [f"<p class=warn>left out: {esc(n)}</p>" for n in er["notes"]]
+    return "".join(out)
+
+
 def _x100(value: float | None) -> float | None:
     return None if value is None else 100 * value
 
@@ -277,6 +345,7 @@ def _x100(value: float | None) -> float | None:
 def render(report: dict[str, Any], shown: list[dict[str, Any]]) -> str:
     body = first_run(report["runs"][0], shown, report["thumbnails"]["note"])
     body += imagenet_c(report.get("imagenet_c", []))
+    body += effective_robustness(report.get("effective_robustness", {}))
     if len(report["runs"]) > 1:
         body += comparisons(report)
     foot = (
