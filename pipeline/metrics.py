@@ -74,21 +74,24 @@ def accuracy(predictions_path: Path) -> Scores:
     )
 
 
-def with_published(plan: RunPlan, scores: Scores) -> Scores:
-    """The scores with the library's published ImageNet-1k numbers for this model (the plan
-    holds them: torchvision's weights meta, timm's results table), when this run is the one
-    they were measured on: the whole 50,000-image val split, in ImageNet-1k's label space,
-    scored without errors."""
-    whole = (
-        plan.published_ref is not None
-        and plan.label_space == "imagenet-1k"
+def whole_val(plan: RunPlan, scores: Scores) -> bool:
+    """Whether this run is the one published numbers are measured on: the whole
+    50,000-image val split, in ImageNet-1k's label space, scored without errors."""
+    return (
+        plan.label_space == "imagenet-1k"
         and scores.n_images == 50_000
         and scores.n_scored == scores.n_labeled == 50_000
         and plan.dataset_rows == 50_000  # all of it: not a shard of a larger split
         and plan.limit is None
         and plan.split.startswith("validation")
     )
-    if not whole or plan.published_ref is None:
+
+
+def with_published(plan: RunPlan, scores: Scores) -> Scores:
+    """The scores with the library's published ImageNet-1k numbers for this model (the plan
+    holds them: torchvision's weights meta, timm's results table), when this run is the one
+    they were measured on (whole_val)."""
+    if plan.published_ref is None or not whole_val(plan, scores):
         return scores
     top1, top5 = plan.published_ref
     return replace(scores, published_top1=top1, published_top5=top5)
@@ -96,8 +99,14 @@ def with_published(plan: RunPlan, scores: Scores) -> Scores:
 
 def published_check(plan: RunPlan, scores: Scores) -> str | None:
     """One line comparing a run with the published numbers (where it has them); flagged
-    when either differs by more than PUBLISHED_TOLERANCE points."""
+    when either differs by more than PUBLISHED_TOLERANCE points; on whole val without
+    them, one line saying there are none."""
     ref1, ref5 = scores.published_top1, scores.published_top5
+    if plan.published_ref is None and whole_val(plan, scores):
+        return (
+            f"published: none for {plan.model} with this eval transform (its library "
+            f"publishes no ImageNet-1k val numbers for it), so there is nothing to check against"
+        )
     if ref1 is None or ref5 is None or scores.top1 is None or scores.top5 is None:
         return None
     d1, d5 = scores.top1 - ref1, scores.top5 - ref5

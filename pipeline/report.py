@@ -110,7 +110,7 @@ def single(run: Run) -> dict[str, Any]:
     ece, bins = stats.calibration(run.confidence[labeled], run.top1[labeled])
     return {
         "dir": str(run.dir),
-        "dataset": p.dataset_path,
+        "dataset": p.title,
         "split": p.split,
         "model": p.model,
         "weights": p.weights,

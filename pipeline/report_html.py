@@ -274,8 +274,8 @@ TICKS = (1, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 98, 99)  # percent
 
 
 def robustness_plot(entry: dict[str, Any], val: str, scale: str) -> str:
-    """Shifted top-1 against val top-1 on scaled axes: the models, the line through them,
-    and y = x (no drop under the shift)."""
+    """Shifted top-1 against val top-1 on scaled axes: the models (numbered as in the
+    table), the line through them, and y = x (no drop under the shift)."""
     import numpy as np
     from matplotlib.figure import Figure
 
@@ -296,8 +296,8 @@ def robustness_plot(entry: dict[str, Any], val: str, scale: str) -> str:
         fitted = entry["fit"]["slope"] * line + entry["fit"]["intercept"]
         ax.plot(line, fitted, "-", color="#a33", lw=1.2, label=f"{scale} fit")
     ax.scatter(xs, ys, color="#2b5b84", zorder=3)
-    for r, x, y in zip(rows, xs, ys, strict=True):
-        ax.annotate(r["model"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    for k, (x, y) in enumerate(zip(xs, ys, strict=True), 1):  # the table's #: names collide
+        ax.annotate(str(k), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xticks([to_axis(t / 100) for t in ticks], [str(t) for t in ticks])
     ax.set_yticks([to_axis(t / 100) for t in ticks], [str(t) for t in ticks])
     ax.set(
@@ -324,15 +324,15 @@ def effective_robustness(er: dict[str, Any]) -> str:
     for d in er["datasets"]:
         if d["models"]:
             plots.append(robustness_plot(d, er["val"], er["scale"]))
-        head = ["model", f"{er['val']} top-1 %", f"{d['dataset']} top-1 %", "on the line %",
-                "effective robustness, points"]  # fmt: skip
+        head = ["#", "model", f"{er['val']} top-1 %", f"{d['dataset']} top-1 %",
+                "on the line %", "effective robustness, points"]  # fmt: skip
         rows = [
-            [r["model"], num(r["val_top1"], 2), num(r["top1"], 2),
+            [k, r["model"], num(r["val_top1"], 2), num(r["top1"], 2),
              num(r.get("expected_top1"), 2), num(r.get("effective_robustness"), 2)]
-            for r in d["models"]
+            for k, r in enumerate(d["models"], 1)
         ]  # fmt: skip
         notes = "".join(f"<p class=warn>{esc(n)}</p>" for n in d["left_out"])
-        tables.append(f"<h3>{esc(d['dataset'])}</h3>{table(head, rows, {1, 2, 3, 4})}{notes}")
+        tables.append(f"<h3>{esc(d['dataset'])}</h3>{table(head, rows, {0, 2, 3, 4, 5})}{notes}")
     out.append(f'<div class="plots">{"".join(plots)}</div>' + "".join(tables))
     out += [f"<p class=warn>left out: {esc(n)}</p>" for n in er["notes"]]
     return "".join(out)

@@ -127,16 +127,15 @@ class Preprocess:
     ) -> Preprocess:
         """Take the numbers from a model's EvalTransform (or torchvision's
         `weights.transforms()`); never hand-typed."""
+        own = transforms if isinstance(transforms, EvalTransform) else EvalTransform.of(transforms)
+        numbers = {k: list(getattr(own, k)) for k in ("resize_size", "crop_size", "mean", "std")}
         return cls(
-            resize_size=list(transforms.resize_size),
-            crop_size=list(transforms.crop_size),
-            interpolation=transforms.interpolation,
-            mean=list(transforms.mean),
-            std=list(transforms.std),
+            **numbers,
+            interpolation=own.interpolation,
             backend=backend,
             resize=protocol is Protocol.standard,
             corrupt=corrupt,
-            style=getattr(transforms, "style", Style.torchvision),
+            style=own.style,
         )
 
     def __call__(self, image: Any, roots: Roots, row: int = 0) -> torch.Tensor | Encoded:

@@ -569,7 +569,8 @@ def test_real_labels_refuse_rows_that_are_not_val_images(config, tmp_path):
 def test_published_numbers_are_checked_only_on_the_full_val_split(config, tmp_path):
     """The summary compares with the published numbers the model brings (torchvision's
     for its weights) only on all 50,000 val images in ImageNet-1k's label space, flagging a
-    gap > 0.1; a model with none (random weights) is never compared."""
+    gap > 0.1; a model with none (random weights, most hub models) is never compared, and
+    on whole val the summary says there is nothing to compare with."""
     from dataclasses import replace
 
     run.evaluate(config("model.weights=none"), tmp_path / "sample")
@@ -595,9 +596,12 @@ def test_published_numbers_are_checked_only_on_the_full_val_split(config, tmp_pa
     for plan, counted in (
         (full, replace(scores, n_images=49_999)),
         (replace(full, dataset_rows=100_000), scores),
-        (replace(full, published_ref=None), scores),
         (replace(full, label_space="subset:200"), scores),
         (replace(full, limit=10), scores),
     ):
         checked = metrics.with_published(plan, counted)
         assert checked.published_top1 is None and metrics.published_check(plan, checked) is None
+    bare = replace(full, published_ref=None, model="hf:some/model")
+    checked = metrics.with_published(bare, scores)
+    assert checked.published_top1 is None
+    assert metrics.published_check(bare, checked).startswith("published: none for hf:some/model")
