@@ -110,15 +110,17 @@ def load_model(
             loaded,
             transforms=transforms,
             preprocess=f"{loaded.preprocess}, with {changed}",
-            published=_published_at(library, name, transforms),
+            published=_published_at(loaded, transforms),
         )
     params, gmacs = measure(loaded.model, transforms)
     return replace(loaded, params=params, gmacs=gmacs)
 
 
-def _published_at(library: str, name: str, transforms: EvalTransform) -> Published | None:
-    """A library's published numbers for another eval transform: timm publishes several."""
-    if library != "timm":
+def _published_at(loaded: LoadedModel, transforms: EvalTransform) -> Published | None:
+    """A library's published numbers for its own weights at another eval transform: timm
+    publishes several (by the tag it resolved: loaded.arch)."""
+    library, name = split_arch(loaded.arch)
+    if library != "timm" or loaded.source != "pretrained":
         return None
     from pipeline import model_timm
 

@@ -297,6 +297,21 @@ def test_timms_default_tag_is_resolved_and_recorded():
     assert (loaded.transforms.resize_size, loaded.transforms.crop_size) == ((288,), (288,))
 
 
+def test_an_overridden_transform_has_timms_numbers_only_for_its_own_weights(monkeypatch):
+    """Another eval transform that timm measured (resnet18.a1_in1k at 224, crop_pct 0.95)
+    brings its published numbers for timm's pretrained weights, found by the default tag
+    timm resolved; random weights (or a checkpoint) at it have none."""
+    from pipeline import model_timm
+
+    net = timm.create_model("resnet18.a1_in1k", pretrained=False)
+    monkeypatch.setattr(model_timm, "_pretrained", lambda _timm, _name: net)
+    at_224 = {"resize": 235, "crop": 224}
+    loaded = load_model(arch="timm:resnet18", weights="pretrained", sha256=None, **at_224)
+    assert (loaded.published.top1, loaded.published.top5) == (71.504, 90.086)
+    random = load_model(arch="timm:resnet18.a1_in1k", weights="none", sha256=None, **at_224)
+    assert random.published is None
+
+
 def test_gmacs_match_torchvisions_published_operation_counts():
     """measure() over one image: AlexNet's and ResNet-18's GMACs are torchvision's _ops."""
     for arch in ("alexnet", "resnet18"):
