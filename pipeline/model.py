@@ -263,7 +263,7 @@ def from_file(path: str, sha256: str | None, *, valid: list[str]) -> tuple[dict,
             f"model.weights='{path}' is neither a weights name ({', '.join(valid)}, none) "
             f"nor an existing file"
         )
-    digest = check_sha256(path, sha256) if sha256 else hash_in_background(path)
+    digest = file_digest(path, sha256)
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -354,6 +354,12 @@ def file_sha256(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_digest(path: str, sha256: str | None) -> Future[str] | str:
+    """A weights file's sha256: checked now against model.sha256 where it is given (before
+    the file is loaded), else hashed in the background."""
+    return check_sha256(path, sha256) if sha256 else hash_in_background(path)
 
 
 def check_sha256(path: str, expected: str) -> str:

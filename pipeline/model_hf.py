@@ -16,7 +16,7 @@ from torchvision.transforms import InterpolationMode
 
 from pipeline import heads, labels
 from pipeline.errors import UserError, optional
-from pipeline.model import LoadedModel, file_sha256, hash_in_background, random_weights
+from pipeline.model import LoadedModel, file_digest, file_sha256, random_weights
 from pipeline.transforms import EvalTransform, Style
 
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")  # what from_pretrained reads
@@ -82,9 +82,8 @@ def _digest(name: str, sha256: str | None) -> Any:
             raise UserError(f"model.sha256 is set but no weights file of hf:{name} was found")
         return None
     if len(found) == 1:
-        digest = file_sha256(found[0]) if sha256 else hash_in_background(found[0])
-    else:
-        digest = hashlib.sha256("".join(file_sha256(f) for f in found).encode()).hexdigest()
+        return file_digest(found[0], sha256)
+    digest = hashlib.sha256("".join(file_sha256(f) for f in found).encode()).hexdigest()
     if sha256 and digest != sha256.lower():
         raise UserError(f"sha256 of hf:{name}'s weights is {digest}, expected {sha256}")
     return digest

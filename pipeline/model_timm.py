@@ -23,9 +23,8 @@ from pipeline.errors import UserError, optional
 from pipeline.model import (
     LoadedModel,
     Published,
-    check_sha256,
+    file_digest,
     from_file,
-    hash_in_background,
     load_state,
     random_weights,
 )
@@ -117,7 +116,7 @@ def _digest(file: str | None, sha256: str | None) -> Any:
         if sha256:
             raise UserError("model.sha256 is set but timm read no file this run could check")
         return None
-    return check_sha256(file, sha256) if sha256 else hash_in_background(file)
+    return file_digest(file, sha256)
 
 
 def eval_transform(config: dict[str, Any], name: str) -> EvalTransform:
