@@ -41,6 +41,14 @@ RESULTS, RUNTIME = "results", "runtime"
 IN_RESULTS, AT_RUNTIME = {"part": RESULTS}, {"part": RUNTIME}  # a field's metadata
 
 
+def dataset_title(title: str | None, path: str, data_files: Any) -> str:
+    """A dataset's name in tables and plots: dataset.title, else its path (and for a builder
+    such as parquet, its data files)."""
+    if title:
+        return title
+    return path if data_files is None else f"{path}:{plain(data_files)}"
+
+
 @dataclass(frozen=True)
 class RunPlan:
     """Every setting of one run, resolved (see the module docstring for its two parts)."""
@@ -124,12 +132,7 @@ class RunPlan:
 
     @property
     def title(self) -> str:
-        """The dataset's name in tables and plots: dataset.title, else its path (and for a
-        builder such as parquet, its data files)."""
-        if self.dataset_title:
-            return self.dataset_title
-        files = "" if self.data_files is None else f":{self.data_files}"
-        return f"{self.dataset_path}{files}"
+        return dataset_title(self.dataset_title, self.dataset_path, self.data_files)
 
     @property
     def source(self) -> Source:

@@ -21,7 +21,8 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import metrics, rundir, stats
+from pipeline import metrics, plan, rundir, stats
+from pipeline.config import register
 from pipeline.errors import UserError, one_line
 
 COLUMNS = [
@@ -66,7 +67,9 @@ def job_row(job_dir: Path, number: int, overrides: list[str]) -> dict[str, Any]:
     if config.exists():
         cfg = OmegaConf.load(config)
         row |= {
-            "dataset": cfg.dataset.get("title") or cfg.dataset.path,
+            "dataset": plan.dataset_title(
+                cfg.dataset.get("title"), cfg.dataset.path, cfg.dataset.get("data_files")
+            ),
             "split": cfg.dataset.split,
             "model": cfg.model.arch,
             "batch_size": cfg.batch_size,
@@ -90,6 +93,7 @@ def finished(job_dir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {
         "dataset": the_plan.title,
         "split": the_plan.split,
+        "model": the_plan.model,  # as resolved: timm:resnet18 is timm:resnet18.a1_in1k
         "params_m": the_plan.params / 1e6,
         "gmacs": the_plan.gmacs,
         "batch_size": the_plan.batch_size,  # the one that finished (oom_retry may halve it)
@@ -111,6 +115,7 @@ def summarize(sweep_dir: Path) -> pd.DataFrame:
     """The sweep's table; also written to sweep_dir/summary.parquet."""
     if not (sweep_dir / "multirun.yaml").exists():
         raise UserError(f"{sweep_dir} is not a Hydra sweep folder (no multirun.yaml)")
+    register()  # a job's saved config holds our resolvers: ${pipeline_file:...}
     jobs = expected_jobs(sweep_dir)
     table = pd.DataFrame([job_row(sweep_dir / str(i), i, o) for i, o in enumerate(jobs)])
     table = table.reindex(columns=COLUMNS).astype(
