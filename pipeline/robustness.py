@@ -130,22 +130,20 @@ def summary(
             else:
                 rows.append({"model": p.model, "val_top1": v.top1, "top1": p.top1,
                              "n_val": v.n, "n": p.n, "val_run": v.run, "run": p.run})  # fmt: skip
-        entry: dict[str, Any] = {"dataset": dataset, "models": rows, "left_out": left}
-        entry["fit"] = None
+        entry: dict[str, Any] = {"dataset": dataset, "models": rows, "left_out": left, "fit": None}
+        measured = len(rows) >= MIN_MODELS
         if len(rows) >= 2:
             xs = [to_axis(r["val_top1"] / 100) for r in rows]
             slope, intercept = fit(xs, [to_axis(r["top1"] / 100) for r in rows])
             entry["fit"] = {"slope": slope, "intercept": intercept, "models": len(rows)}
             for r, x in zip(rows, xs, strict=True):
-                expected = 100 * from_axis(slope * x + intercept)
-                r["expected_top1"] = expected
-                measured = len(rows) >= MIN_MODELS
-                r["effective_robustness"] = r["top1"] - expected if measured else None
-        if len(rows) < MIN_MODELS:
+                r["expected_top1"] = 100 * from_axis(slope * x + intercept)
+                r["effective_robustness"] = r["top1"] - r["expected_top1"] if measured else None
+        if not measured:
+            why = " (a line through two passes through both)" if len(rows) == 2 else ""
             left.append(
                 f"effective robustness needs {MIN_MODELS} or more models on {val} and "
-                f"{dataset} (the line through {len(rows)} passes through "
-                f"{'both' if len(rows) == 2 else 'it'})"
+                f"{dataset}; it has {len(rows)}{why}"
             )
         datasets.append(entry)
     return {"val": val, "scale": scale, "datasets": datasets, "notes": notes}
