@@ -64,16 +64,32 @@ def saved_dir(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """checkpoints(name, build): an AlexNet checkpoint saved once per session and shared.
+
+    Each is 233 MB: one per test filled CI's disk (14 GB a run). They are deterministic
+    (seeded) and made read-only, so a test that tried to change one would fail loudly."""
+    root = tmp_path_factory.mktemp("checkpoints")
+
+    def get(name: str, build: Callable[[torch.nn.Module], None], seed: int = 0) -> Path:
+        path = root / name
+        if not path.exists():
+            torch.manual_seed(seed)
+            model = torchvision.models.alexnet()
+            with torch.no_grad():
+                build(model)
+            torch.save(model.state_dict(), path)
+            path.chmod(0o444)
+        return path
+
+    return get
+
+
 @pytest.fixture
-def peaked_checkpoint(tmp_path: Path) -> Path:
+def peaked_checkpoint(checkpoints) -> Path:
     """AlexNet with random weights whose last layer is scaled up, so top-5 has clear gaps."""
-    torch.manual_seed(1)
-    model = torchvision.models.alexnet()
-    with torch.no_grad():
-        model.classifier[6].weight.mul_(200)
-    path = tmp_path / "peaked.pth"
-    torch.save(model.state_dict(), path)
-    return path
+    return checkpoints("peaked.pth", lambda model: model.classifier[6].weight.mul_(200), seed=1)
 
 
 def make_config(*overrides: str) -> Config:
@@ -92,20 +108,17 @@ def repo_root() -> Path:
 
 
 @pytest.fixture
-def answering(tmp_path):
+def answering(checkpoints):
     """answering(c, then=None): a checkpoint whose top-1 is always class c (then `then`)."""
 
     def make(first: int, then: int | None = None):
-        torch.manual_seed(0)
-        model = torchvision.models.alexnet()
-        with torch.no_grad():
+        def build(model: torch.nn.Module) -> None:
             model.classifier[6].weight.zero_()
             model.classifier[6].bias.zero_()
             model.classifier[6].bias[first] = 20.0
             if then is not None:
                 model.classifier[6].bias[then] = 10.0
-        path = tmp_path / f"answers-{first}-{then}.pth"
-        torch.save(model.state_dict(), path)
-        return f"model.weights={path}"
+
+        return f"model.weights={checkpoints(f'answers-{first}-{then}.pth', build)}"
 
     return make
