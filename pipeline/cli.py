@@ -48,8 +48,7 @@ def check_command_line(argv: Sequence[str]) -> None:
             "output_dir names one folder, but a sweep writes one per job: "
             "set hydra.sweep.dir=DIR instead (jobs go to DIR/0, DIR/1, ...)"
         )
-    for override in overrides:
-        _check_key(override, _search_dirs(overrides))
+    _check_keys(overrides)
     if args.config_name or args.config_path or args.config_dir:
         return  # another primary config: Hydra composes and checks it itself
     for job in _jobs(overrides, multirun=args.multirun):
@@ -63,9 +62,7 @@ def check_override_keys(argv: Sequence[str]) -> None:
     from hydra._internal.utils import get_args_parser
 
     args, _ = get_args_parser().parse_known_args(list(argv))
-    overrides = _parse(args.overrides)
-    for override in overrides:
-        _check_key(override, _search_dirs(overrides))
+    _check_keys(_parse(args.overrides))
 
 
 def _parse(overrides: list[str]) -> list[Any]:
@@ -88,6 +85,12 @@ def _search_dirs(overrides: list[Any]) -> list[Path]:
             if entry.startswith("file://") or "://" not in entry:
                 dirs.append(Path(entry.removeprefix("file://")))
     return dirs
+
+
+def _check_keys(overrides: list[Any]) -> None:
+    search_dirs = _search_dirs(overrides)
+    for override in overrides:
+        _check_key(override, search_dirs)
 
 
 def _check_key(override: Any, search_dirs: list[Path]) -> None:
