@@ -28,7 +28,7 @@ from torch import nn
 
 from pipeline.config import split_arch
 from pipeline.errors import UserError
-from pipeline.transforms import EvalTransform
+from pipeline.transforms import EvalTransform, height_width
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +132,7 @@ def measure(model: nn.Module, transforms: EvalTransform) -> tuple[int, float]:
     forward, halved (a multiply-add is two FLOPs)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    crop = transforms.crop_size
-    h, w = (crop[0], crop[0]) if len(crop) == 1 else crop
+    h, w = height_width(transforms.crop_size)
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter:
         model(torch.zeros(1, 3, h, w))

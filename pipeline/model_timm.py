@@ -19,6 +19,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 
 from pipeline import heads, labels
+from pipeline.config import Interpolation
 from pipeline.errors import UserError, optional
 from pipeline.model import (
     LoadedModel,
@@ -130,7 +131,7 @@ def eval_transform(config: dict[str, Any], name: str) -> EvalTransform:
             f"crop_mode center or squash are supported (set model.crop to evaluate it square)"
         )
     interpolation = config["interpolation"]
-    if interpolation not in ("bilinear", "bicubic", "nearest"):
+    if interpolation not in {mode.value for mode in Interpolation}:
         raise UserError(f"timm:{name} asks for {interpolation} interpolation: not supported")
     scale = math.floor(h / config["crop_pct"])
     return EvalTransform(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from functools import cache
@@ -234,10 +234,16 @@ class Preprocess:
         return out.div_(255.0).sub_(mean).div_(std)
 
 
+def height_width(size: Sequence[int]) -> tuple[int, int]:
+    """A crop size as torchvision gives it, (s,) for a square or (h, w), as (h, w)."""
+    h, w = (size[0], size[0]) if len(size) == 1 else size
+    return h, w
+
+
 def _floor_center_crop(pixels: torch.Tensor, size: list[int]) -> torch.Tensor:
     """transformers' center crop: padded as torchvision's where the image is smaller, but
     the offset rounded down (torchvision rounds it: one pixel apart for odd margins)."""
-    h, w = (size[0], size[0]) if len(size) == 1 else size
+    h, w = height_width(size)
     height, width = pixels.shape[-2:]
     if h > height or w > width:
         pad_w, pad_h = max(w - width, 0), max(h - height, 0)
