@@ -239,3 +239,79 @@ def test_a_split_the_data_lacks_is_refused_naming_its_splits(imagefolder, split)
         r"uses its only split, 'train'",
     ):
         load(str(imagefolder), split=split)
+
+
+def _tree(root, names: list[str]) -> None:
+    from helpers import jpeg, photo
+
+    for i, name in enumerate(names):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(jpeg(photo(i, (40, 30))))
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        # EliSchwartz/imagenet-sample-images' names: one of 1000 carries a split word
+        [
+            "n02917067/n02917067_bullet_train.JPEG",
+            "n01440764/n01440764_tench.JPEG",
+            "n01443537/n01443537_goldfish.JPEG",
+        ],
+        ["bullet_train/1.jpg", "tench/2.jpg", "goldfish/3.jpg"],  # class-name folders
+        ["train/1.jpg", "apple/2.jpg", "pear/3.jpg"],  # a class named train (CIFAR-100's)
+    ],
+    ids=["file-name", "class-folder", "class-named-train"],
+)
+def test_a_split_word_in_a_class_folder_or_its_files_is_no_split(tmp_path, names):
+    """A split word in an image's file name inside a class folder, or in a class folder's
+    name, makes no split (`datasets` made one of it and dropped the rest): every image is
+    in the folder's one split."""
+    _tree(tmp_path, names)
+    found = splits._folder_files(str(tmp_path))
+    assert {k: len(v) for k, v in found.items()} == {"train": 3}
+
+
+def test_split_words_that_name_every_image_still_split(tmp_path):
+    """Split folders above the class folders, split-named folders holding the images, and
+    file names that all carry a split word (ImageNet's ILSVRC2012_val_*) still make
+    splits, as `datasets` makes them."""
+    _tree(tmp_path / "a", ["val/n01/1.jpg", "train/n01/2.jpg", "train/n02/3.jpg"])
+    _tree(tmp_path / "b", ["train/1.jpg", "test/2.jpg"])
+    _tree(tmp_path / "c", ["n01/ILSVRC2012_val_00000001.JPEG", "n02/ILSVRC2012_val_00000002.JPEG"])
+    for name, expected in (("a", {"train": 2, "validation": 1}), ("b", {"train": 1, "test": 1}),
+                           ("c", {"validation": 2})):  # fmt: skip
+        found = splits._folder_files(str(tmp_path / name))
+        assert {k: len(v) for k, v in found.items()} == expected
+
+
+def test_images_outside_the_split_folders_are_refused_by_name(tmp_path):
+    """Split folders beside a folder that names no split: the images in none of them are
+    named in one line, instead of dropped."""
+    _tree(tmp_path, ["val/n01/1.jpg", "val/n02/2.jpg", "extra/n03/3.jpg"])
+    with pytest.raises(
+        UserError,
+        match=r"validation \(2 files\).* 1 image\(s\) are in none of them: extra/n03/3.jpg",
+    ):
+        splits._folder_files(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (
+            ["top.jpg", "cat/1.jpg", "dog/2.jpg"],
+            r"at different depths: 1 directly in it \(top.jpg, \.\.\.\); 2 in folders",
+        ),
+        (["a.jpg", "b.jpg"], r"holds its images directly, not in class folders"),
+        (["cat/a.jpg", "cat/b.jpg"], r"every image is in one folder \(cat/\)"),
+    ],
+    ids=["mixed-depths", "flat", "one-folder"],
+)
+def test_an_image_folder_without_labels_says_what_its_layout_is(tmp_path, names, message):
+    """An image folder whose images `datasets` gives no labels (mixed depths, no class
+    folders, one class folder) is one line describing the layout, not 'Column label not in
+    the dataset'."""
+    _tree(tmp_path / "d", names)
+    with pytest.raises(UserError, match=message):
+        splits.load_split(splits.Source(str(tmp_path / "d")))
