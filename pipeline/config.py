@@ -84,7 +84,9 @@ class DatasetConfig:
     id_column: str | None = None  # null: the image's file name when it has one
     streaming: bool = False
     classes: Any = None  # what labels mean: imagenet-1k, a list, a file (labels.py)
-    restrict: bool = True  # a strict subset of the classes restricts the outputs to it
+    # restrict the outputs to the split's classes when they are a strict subset; null: only
+    # when they are exactly a known protocol's (ImageNet-R/-A's 200, Imagenette's 10)
+    restrict: bool | None = None
     image_roots: list[str] = field(default_factory=list)  # more folders image paths may reach
     protocol: Protocol = Protocol.standard  # crop: center crop only (ImageNet-C's release)
     # ImageNet-C's release (conf/dataset/imagenet-c.yaml): name, name/severity, or clean

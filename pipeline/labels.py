@@ -13,8 +13,10 @@ Accuracy is only computed in ImageNet-1k's label space. Resolution, first match 
 
 Anything else (plain integers without names, floats, names that are not
 ImageNet classes, an ambiguous name) stops the run with one line saying what
-was found and what to do. A strict subset of the classes (ImageNet-R/-A,
-Imagenette) restricts the model's outputs to it unless `dataset.restrict=false`.
+was found and what to do. A strict subset of the classes is scored 1000-way, as timm's
+validate.py and torchvision's reference score it, unless `dataset.restrict=true`; a
+subset that is exactly a known protocol's (ImageNet-R's or -A's 200, Imagenette's 10)
+restricts the model's outputs to it, saying so, unless `dataset.restrict=false`.
 ImageNet-ReaL's reassessed labels are real.py's.
 """
 
@@ -191,7 +193,7 @@ def resolve(
     *,
     label_column: str | None,
     classes: Any,
-    restrict: bool,
+    restrict: bool | None,
     folder_names: Sequence[str] | None,
     string_values: Sequence[str] | None,
 ) -> LabelSpace:
@@ -200,7 +202,9 @@ def resolve(
     folder_names: all class folders of an image folder, empty ones included, when the
     labels are folder names (datasets drops empty folders from its ClassLabel).
     string_values: the distinct values of a string label column (None when streaming).
-    restrict: restrict the outputs to the classes, when they are a strict subset.
+    restrict: restrict the outputs to the classes, when they are a strict subset; None:
+    only when they are exactly a known protocol's subset (PROTOCOLS), as timm's
+    validate.py and torchvision's reference score any other subset 1000-way.
     """
     if label_column is None:
         return UNLABELED
@@ -213,7 +217,7 @@ def resolve(
         table, source = _from_classlabel(list(feature.names), what)
         names = None
     elif kind == "string":
-        table, names, source = _from_strings(string_values, restrict)
+        table, names, source = _from_strings(string_values)
     else:
         raise UserError(
             f"Labels in '{label_column}' are plain integers without class names: they may not "
@@ -223,21 +227,48 @@ def resolve(
     label_type = "string" if kind == "string" else "int64"
     if covered is None or len(covered) == N_CLASSES:
         return LabelSpace("imagenet-1k", source, label_type, table, names)
-    subset = tuple(sorted(covered)) if restrict else None
+    protocol = known_protocol(covered)
+    if protocol is not None:
+        source += f"; {PROTOCOLS[protocol]}"
+    chosen = protocol is not None if restrict is None else restrict
+    subset = tuple(sorted(covered)) if chosen else None
     return LabelSpace(f"subset:{len(covered)}", source, label_type, table, names, subset)
 
 
+# the class subsets whose authors score among those classes only: a split whose classes are
+# exactly one of these is restricted unless dataset.restrict=false (pipeline/classes/)
+PROTOCOLS = {
+    "imagenet-r": "ImageNet-R's 200 classes, scored among them (Hendrycks et al. 2021)",
+    "imagenet-a": "ImageNet-A's 200 classes, scored among them (Hendrycks et al. 2021)",
+    "imagenette": "Imagenette's 10 classes, scored among them (fast.ai)",
+}
+
+
+@cache
+def _protocol_subsets() -> dict[str, frozenset[int]]:
+    index = {w: i for i, w in enumerate(imagenet_classes()[0])}
+    folder = files("pipeline").joinpath("classes")
+    return {
+        name: frozenset(index[w] for w in folder.joinpath(f"{name}.txt").read_text().split())
+        for name in PROTOCOLS
+    }
+
+
+def known_protocol(covered: set[int]) -> str | None:
+    """The protocol whose class subset these classes are exactly, if any."""
+    return next((k for k, v in _protocol_subsets().items() if v == covered), None)
+
+
 def _from_strings(
-    string_values: Sequence[str] | None, restrict: bool
+    string_values: Sequence[str] | None,
 ) -> tuple[None, tuple[tuple[str, int], ...], str]:
     """String labels, each matched by name (their distinct values, known unless streamed)."""
-    if string_values is None and restrict:
+    if string_values is None:
         raise UserError(
-            "String labels in a streamed split: their classes are not known before scoring; "
-            "set dataset.restrict=false to score over all 1000 classes, or "
-            "dataset.streaming=false"
+            "String labels in a streamed split: they cannot be matched to classes before "
+            "scoring; set dataset.streaming=false"
         )
-    values = sorted(string_values or [])
+    values = sorted(string_values)
     names = tuple(zip(values, map_names(values, "labels are strings"), strict=True))
     return None, names, f"string labels matched by name ({len(values)})"
 

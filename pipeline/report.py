@@ -17,6 +17,7 @@ import base64
 import datetime as dt
 import io
 import math
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,9 @@ SAME_ROWS = (
     "rows",
 )
 TOP_CLASSES, TOP_PAIRS, MAX_ERRORS = 20, 20, 200
+# the median images per class below which per-class accuracy cannot rank classes: with one
+# image each, every class is 0 or 100% and the best and worst lists are ties in id order
+MIN_PER_CLASS = 10
 
 
 @dataclass
@@ -123,19 +127,20 @@ def single(run: Run) -> dict[str, Any]:
         "top5_ci95": stats.percent_interval(s.top5, n),
         "ece": ece,
         "reliability": bins,
-        "published": published(s),
+        "published": published(s, p.published_by),
         "classes": per_class(run),
         "confusions": confusions(run),
         "errors": [{"index": i, "id": name, "error": e} for i, name, e in run.errors[:MAX_ERRORS]],
     }
 
 
-def published(s: metrics.Scores) -> dict[str, Any] | None:
-    """The published numbers beside the run's, where they apply."""
+def published(s: metrics.Scores, by: str | None) -> dict[str, Any] | None:
+    """The published numbers beside the run's, where they apply, and whose they are."""
     if s.published_top1 is None or s.published_top5 is None or s.top1 is None or s.top5 is None:
         return None
     d1, d5 = s.top1 - s.published_top1, s.top5 - s.published_top5
     return {
+        "by": by,
         "top1": s.published_top1,
         "top5": s.published_top5,
         "top1_diff": d1,
@@ -159,11 +164,19 @@ def per_class(run: Run) -> dict[str, Any]:
         return {"class": c, "name": names[c], "n": int(counts[c]), "top1": float(acc[k])}
 
     histogram, edges = np.histogram(acc, bins=10, range=(0, 100))
+    median = float(np.median(counts[present])) if len(present) else 0.0
+    few = median < MIN_PER_CLASS
     return {
         "n_classes": len(present),
+        "median_images": median,
+        "note": f"per-class top-1 rests on {median:g} image(s) per class (the median): too "
+        f"few to rank classes (it takes {MIN_PER_CLASS}), so no best or worst classes are "
+        f"listed"
+        if few and len(present)
+        else None,
         "histogram": {"edges": edges.tolist(), "counts": histogram.tolist()},
-        "worst": [entry(k) for k in order[:TOP_CLASSES]],
-        "best": [entry(k) for k in order[::-1][:TOP_CLASSES]],
+        "worst": [] if few else [entry(k) for k in order[:TOP_CLASSES]],
+        "best": [] if few else [entry(k) for k in order[::-1][:TOP_CLASSES]],
     }
 
 
@@ -413,7 +426,8 @@ def main(argv: list[str] | None = None) -> None:
         help="effective robustness: the axes' scale (default logit)",
     )
     args = parser.parse_args(argv)
-    with one_line():
+    with one_line(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the page says what matters; a library's noise not
         dirs, out = targets(args.runs)
         report = write(dirs, args.thumbnails, out, args.val, args.scale)
     first, num = report["runs"][0], stats.number

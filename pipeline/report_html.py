@@ -126,14 +126,19 @@ def first_run(r: dict[str, Any], shown: list[dict[str, Any]], note: str) -> str:
         p = r["published"]
         warn = " class=warn" if p["off"] else ""
         parts.append(
-            f"<p{warn}>Published (torchvision): top-1 {num(p['top1'])}, top-5 {num(p['top5'])}; "
+            f"<p{warn}>Published ({esc(p['by'])}): top-1 {num(p['top1'])}, top-5 "
+            f"{num(p['top5'])}; "
             f"this run {signed(p['top1_diff'])} / {signed(p['top5_diff'])} points.</p>"
         )
     plots = reliability(r["reliability"], r["ece"]) + histogram(r["classes"])
     parts.append(f'<div class="plots">{plots}</div>')
+    if r["classes"].get("note"):
+        parts.append(f"<h2>Classes</h2><p class=muted>{esc(r['classes']['note'])}</p>")
     for key, title in (("worst", "Worst classes"), ("best", "Best classes")):
         rows = [[c["name"], c["class"], c["n"], num(c["top1"], 1)] for c in r["classes"][key]]
-        parts += [f"<h2>{title}</h2>", table(["class", "id", "images", "top-1 %"], rows, {1, 2, 3})]
+        if rows:
+            head = ["class", "id", "images", "top-1 %"]
+            parts += [f"<h2>{title}</h2>", table(head, rows, {1, 2, 3})]
     pairs = [[c["true_name"], c["pred_name"], c["count"]] for c in r["confusions"]]
     parts += ["<h2>Most confused pairs</h2>", table(["true", "predicted", "images"], pairs, {2})]
     errors = [[e["index"], e["id"], e["error"]] for e in r["errors"]]

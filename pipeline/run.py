@@ -365,13 +365,23 @@ def resume_hint(out_dir: Path) -> str:
     return f"Run again with output_dir={out_dir} to finish the rest."
 
 
+def ways(p: plan.RunPlan) -> str:
+    """How many ways the run scored, and how to ask for the other."""
+    outputs = len(p.categories)
+    if p.label_space.startswith("subset:"):
+        n = int(p.label_space.split(":")[1])
+        if p.restricted:
+            return f"scored {n}-way, among these classes (dataset.restrict=false: {outputs}-way)"
+        return f"scored {outputs}-way (dataset.restrict=true: among these {n} classes only)"
+    return f"scored {outputs}-way"
+
+
 def print_summary(the_plan: plan.RunPlan, s: metrics.Scores, out_dir: Path) -> None:
     print(
         f"top-1 {number(s.top1)}  top-5 {number(s.top5)}  ({s.n_labeled} labeled)  "
         f"images {s.n_images}  errors {s.n_errors}  {s.images_per_sec:.1f} img/s"
     )
-    restricted = ", outputs restricted to these classes" if the_plan.restricted else ""
-    print(f"label space: {the_plan.label_space} ({the_plan.label_source}){restricted}")
+    print(f"label space: {the_plan.label_space} ({the_plan.label_source}); {ways(the_plan)}")
     if s.n_real is not None:
         print(f"ImageNet-ReaL top-1 {number(s.real_top1)}  ({s.n_real} images with ReaL labels)")
     check = metrics.published_check(the_plan, s)

@@ -91,6 +91,37 @@ def test_restriction_picks_the_best_class_of_the_subset(config, tmp_path, answer
     assert (free["label_space"], free["restricted"]) == ("subset:10", False)
 
 
+def test_an_ordinary_subset_is_scored_1000_way_unless_asked(config, tmp_path, answering, capsys):
+    """A folder of 3 ImageNet classes is no protocol's subset: scored 1000-way by default (as
+    timm's validate.py and torchvision's reference score it), the summary saying so and how
+    to restrict; dataset.restrict=true restricts it to the 3."""
+    root = folder_of(tmp_path, [wnid(c) for c in (TENCH, SPRINGER, 5)], per_class=1)
+    common = ["dataset=imagefolder", f"dataset.path={root}", answering(GOLDFISH, then=TENCH)]
+    free, frame = scored(config, tmp_path / "a", *common)
+    assert set(frame["pred"]) == {GOLDFISH} and free["top1"] == 0.0
+    assert (free["label_space"], free["restricted"]) == ("subset:3", False)
+    said = capsys.readouterr().out
+    assert "scored 1000-way (dataset.restrict=true: among these 3 classes only)" in said
+    restricted, frame = scored(config, tmp_path / "b", *common, "dataset.restrict=true")
+    assert set(frame["pred"]) == {TENCH} and restricted["restricted"]
+    assert "scored 3-way, among these classes (dataset.restrict=false: 1000-way)" in (
+        capsys.readouterr().out
+    )
+
+
+def test_a_folder_copy_of_imagenet_r_restricts_saying_so(config, tmp_path, answering, capsys):
+    """ImageNet-R's 200 classes as a folder copy (its release's layout, not the preset) are
+    its protocol's subset: restricted to them, and the summary names the protocol."""
+    listed = files("pipeline").joinpath("classes/imagenet-r.txt").read_text().split()
+    root = folder_of(tmp_path, listed[:2], per_class=1, empty=listed[2:])
+    result, frame = scored(config, tmp_path, "dataset=imagefolder", f"dataset.path={root}",
+                           answering(GOLDFISH))  # fmt: skip
+    assert (result["label_space"], result["restricted"]) == ("subset:200", True)
+    assert set(frame["pred"]) <= {class_id(w) for w in listed}
+    said = capsys.readouterr().out
+    assert "ImageNet-R's 200 classes" in said and "scored 200-way" in said
+
+
 def test_numeric_folders_are_class_indices_in_number_order(config, tmp_path, answering):
     """ImageNetV2's folders 0..999 are class indices, whatever order the folders sort in."""
     root = folder_of(tmp_path, ["0", "1", "10", "100", "217", "2"], per_class=1)
@@ -152,15 +183,17 @@ def test_string_labels_are_matched_by_name(config, tmp_path, answering):
     assert result["top1"] == pytest.approx(100 / 3) and result["n_labeled"] == 3
 
 
-def webdataset(root, labels: list[int], image_key: str = "webp", shards: int = 1, keys=None):
+def webdataset(
+    root, labels: list[int], image_key: str = "webp", shards: int = 1, keys=None, odd=None
+):
     """clip-benchmark's layout: test/N.tar shards of <key>.cls + <key>.<image>, classnames.txt
-    (`keys`: each shard's own image key)."""
+    (`keys`: each shard's own image key; `odd`: {sample: its own image key})."""
     (root / "test").mkdir(parents=True)
     per_shard = -(-len(labels) // shards)
     for shard in range(shards):
-        key = keys[shard] if keys else image_key
         with tarfile.open(root / "test" / f"{shard}.tar", "w") as tar:
             for i in range(shard * per_shard, min(len(labels), (shard + 1) * per_shard)):
+                key = (odd or {}).get(i, keys[shard] if keys else image_key)
                 buf = io.BytesIO()
                 photo(i, (80, 64)).save(buf, "WEBP" if key == "webp" else "JPEG")
                 for suffix, data in (("cls", str(labels[i]).encode()), (key, buf.getvalue())):
@@ -222,6 +255,23 @@ def test_streamed_webdataset_shards_equal_the_loaded_split(
         frames.append(pd.read_parquet(out / rundir.PREDICTIONS))
         assert result["n_images"] == 7 and result["n_errors"] == errors
     pd.testing.assert_frame_equal(frames[0], frames[1])
+
+
+def test_a_shard_that_mixes_image_keys_streams_like_the_loaded_split(config, tmp_path, answering):
+    """One shard whose sample 6 is a webp among jpgs (past the 5 samples `datasets` infers the
+    features from): streamed, it gets the error row the loaded split gives it, and every
+    other row the same prediction, with no Arrow error."""
+    cls = [0, 217, 999, 217, 5, 1, 217, 3]
+    root = webdataset(tmp_path / "wds", cls, image_key="jpg", odd={6: "webp"})
+    frames = []
+    for streaming in (False, True):
+        out = tmp_path / f"streaming-{streaming}"
+        overrides = ["dataset=imagenet-v2", f"dataset.path={root}", answering(SPRINGER)]
+        result = run.evaluate(config(*overrides, f"dataset.streaming={streaming}"), out)
+        frames.append(pd.read_parquet(out / rundir.PREDICTIONS))
+        assert (result["n_images"], result["n_errors"]) == (8, 1)
+    pd.testing.assert_frame_equal(frames[0], frames[1])
+    assert frames[1]["error"].notna().tolist() == [i == 6 for i in range(8)]
 
 
 def test_imagenette_config_on_a_replica_of_the_parquet_export(config, tmp_path, answering):

@@ -238,8 +238,9 @@ def test_a_model_name_beside_another_arch_is_refused(config, tmp_path):
 
 def test_a_head_in_another_order_is_mapped_by_name_and_restricted(config, tmp_path):
     """A transformers head whose id2label is ImageNet's WordNet ids in reverse order is read
-    by name: its output 998 is goldfish. Restricted to the folder's 3 classes, a head
-    answering a class outside them (then tench) predicts tench."""
+    by name: its output 998 is goldfish. Restricted to the folder's 3 classes
+    (dataset.restrict=true), a head answering a class outside them (then tench) predicts
+    tench."""
     reverse = list(reversed(labels.imagenet_classes()[0]))  # WordNet ids
     folder = hf_folder(tmp_path, names=reverse, answer=999 - GOLDFISH)
     loaded = load_model(arch=f"hf:{folder}", weights="pretrained", sha256=None)
@@ -249,9 +250,8 @@ def test_a_head_in_another_order_is_mapped_by_name_and_restricted(config, tmp_pa
     root = folder_of(tmp_path, [wnid(c) for c in (TENCH, GOLDFISH, SPRINGER)])
     elsewhere = answering_timm(tmp_path, 500, then=TENCH)
     overrides = (f"model.arch=timm:{TINY_TIMM}", f"model.weights={elsewhere}")
-    row = run.evaluate(
-        config("dataset=imagefolder", f"dataset.path={root}", *overrides), tmp_path / "r"
-    )
+    data = ("dataset=imagefolder", f"dataset.path={root}", "dataset.restrict=true")
+    row = run.evaluate(config(*data, *overrides), tmp_path / "r")
     frame = pd.read_parquet(tmp_path / "r" / rundir.PREDICTIONS)
     assert row["restricted"] and frame["pred"].tolist() == [TENCH] * 6
 

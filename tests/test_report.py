@@ -22,14 +22,15 @@ scipy_stats = pytest.importorskip("scipy.stats")
 
 @pytest.fixture
 def two_class_runs(config, tmp_path, answering):
-    """10 images, 6 tench and 4 goldfish; run A always answers tench, run B goldfish."""
+    """10 images, 6 tench and 4 goldfish, scored among the two classes; run A always
+    answers tench, run B goldfish."""
     import datasets
 
     rows = {"image": [{"bytes": jpeg(photo(i)), "path": f"{i}.jpg"} for i in range(10)]}
     rows["label"] = [0] * 6 + [1] * 4
     path = tmp_path / "two.parquet"
     hub_dataset(rows, label=datasets.ClassLabel(names=["tench", "goldfish"])).to_parquet(path)
-    data = ["dataset=parquet", f"dataset.data_files={path}", "progress=false"]
+    data = ["dataset=parquet", f"dataset.data_files={path}", "dataset.restrict=true"]
     run.evaluate(config(*data, answering(TENCH)), tmp_path / "a")
     run.evaluate(config(*data, answering(GOLDFISH)), tmp_path / "b")
     return tmp_path / "a", tmp_path / "b"
@@ -57,10 +58,14 @@ def test_report_numbers_on_runs_with_known_answers(two_class_runs):
     assert first["confusions"][0] == {
         "true": GOLDFISH, "true_name": "goldfish", "pred": TENCH, "pred_name": "tench", "count": 4,
     }  # fmt: skip
-    assert {c["name"]: c["top1"] for c in first["classes"]["worst"]} == {
-        "goldfish": 0.0,
-        "tench": 100.0,
-    }
+    assert first["classes"]["worst"] == first["classes"]["best"] == []  # 5 images a class
+    assert "rests on 5 image(s) per class" in first["classes"]["note"]
+    assert "rests on 5 image(s)" in (a / "report.html").read_text()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report, "MIN_PER_CLASS", 4)
+        classes = report.write([a, b], n_thumbnails=0)["runs"][0]["classes"]
+    assert classes["note"] is None
+    assert {c["name"]: c["top1"] for c in classes["worst"]} == {"goldfish": 0.0, "tench": 100.0}
     saved = json.loads((a / "report.json").read_text())
     assert saved["paired"][0]["mcnemar_p"] == pair["mcnemar_p"]
 
@@ -174,14 +179,16 @@ def test_runs_without_labeled_scored_images_report_na(config, tmp_path, capsys, 
 
 
 def label_runs(config, tmp_path, answering, **variants: list[str]):
-    """Runs over the same 10 rows (6 tench, 4 goldfish), each with its own overrides."""
+    """Runs over the same 10 rows (6 tench, 4 goldfish), each with its own overrides (scored
+    among the two classes unless they say otherwise)."""
     import datasets
 
     rows = {"image": [{"bytes": jpeg(photo(i)), "path": f"{i}.jpg"} for i in range(10)]}
     rows["label"] = [0] * 6 + [1] * 4
     path = tmp_path / "two.parquet"
     hub_dataset(rows, label=datasets.ClassLabel(names=["tench", "goldfish"])).to_parquet(path)
-    data = ["dataset=parquet", f"dataset.data_files={path}", answering(TENCH)]
+    data = ["dataset=parquet", f"dataset.data_files={path}", "dataset.restrict=true"]
+    data.append(answering(TENCH))
     for name, overrides in variants.items():
         run.evaluate(config(*data, *overrides), tmp_path / name)
     return [tmp_path / name for name in variants]
