@@ -117,14 +117,23 @@ def _check_key(override: Any, search_dirs: list[Path]) -> None:
 
 def _check_launcher(override: Any) -> None:
     """hydra/launcher=slurm needs the optional extra that brings the launcher."""
-    from importlib.util import find_spec
-
     for value in _values(override):
-        if value in LAUNCHER_EXTRAS and find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+        if value in LAUNCHER_EXTRAS and not _installed("hydra_plugins.hydra_submitit_launcher"):
             raise UserError(
                 f"hydra/launcher={value} needs hydra-submitit-launcher: "
                 f"pip install 'alexnet-eval[{LAUNCHER_EXTRAS[value]}]'"
             )
+
+
+def _installed(module: str) -> bool:
+    """Whether a module can be imported (find_spec of a submodule raises, rather than
+    answering None, when its parent package is missing)."""
+    from importlib.util import find_spec
+
+    try:
+        return find_spec(module) is not None
+    except ImportError:
+        return False
 
 
 def _values(override: Any) -> list[str]:
@@ -183,7 +192,8 @@ def _value_error(cause: Any, job: list[str]) -> str:
         valid = message.split("expected one of [", 1)[1].rstrip("]")
         return f"{key}={given}; valid: {valid}"
     if "is not a valid bool" in message:
-        return f"{key}={given}; it must be true or false"
+        null = " (or null, for auto)" if key == "dataset.restrict" else ""
+        return f"{key}={given}; it must be true or false{null}"
     if "could not be converted to" in message:
         kind = message.rsplit("converted to ", 1)[1].lower()
         return f"{key}={given}; it must be {'an' if kind[0] in 'aeiou' else 'a'} {kind}"

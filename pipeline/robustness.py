@@ -26,6 +26,10 @@ from pipeline.plan import RunPlan
 
 VAL = "imagenet-val"  # the dataset.title of the val runs: the x axis
 MIN_MODELS = 3  # a line through two models passes through both: no robustness to measure
+# the spread of val top-1 (points, highest minus lowest model) a line needs: models that
+# agree on val to within it leave the slope to noise (three of equal val top-1 got an
+# arbitrary one); Taori et al.'s testbed spans some 60 points
+MIN_SPREAD = 2.0
 
 
 def _logit(p: float) -> float:
@@ -107,46 +111,73 @@ def summary(
 ) -> dict[str, Any]:
     """report.json's effective_robustness: per shifted dataset, each model's val and shifted
     top-1, the line through them on the scaled axes, and each model's effective robustness
-    (None with fewer than three models); notes for every run or model left out."""
+    (None with fewer than three models, or val top-1s within MIN_SPREAD points); notes for
+    every run or model left out. Nothing at all where no plot was possible: fewer than two
+    models or two datasets among the runs (a single run's report)."""
     if scale not in SCALES:
         raise UserError(f"--scale {scale}: choose one of {', '.join(SCALES)}")
-    to_axis, from_axis = SCALES[scale]
+    runs = [r for r in runs if r[1].corruption is None]
     found, notes = points(runs)
     on_val = {p.model: p for p in found if p.dataset == val}
     shifted = [p for p in found if p.dataset != val]
-    datasets: list[dict[str, Any]] = []
-    if shifted and not on_val:
-        notes.append(f"no run on {val} (dataset.title) to plot the others against (--val TITLE)")
-        shifted = []
-    for dataset in dict.fromkeys(p.dataset for p in shifted):
-        rows: list[dict[str, Any]] = []
-        left: list[str] = []
-        for p in (p for p in shifted if p.dataset == dataset):
-            v = on_val.get(p.model)
-            if v is None:
-                left.append(f"{p.model}: no run on {val}")
-            elif not (0 < v.top1 < 100 and 0 < p.top1 < 100):
-                left.append(f"{p.model}: a top-1 of 0 or 100% has no place on {scale} axes")
-            else:
-                rows.append({"model": p.model, "val_top1": v.top1, "top1": p.top1,
-                             "n_val": v.n, "n": p.n, "val_run": v.run, "run": p.run})  # fmt: skip
-        entry: dict[str, Any] = {"dataset": dataset, "models": rows, "left_out": left, "fit": None}
-        measured = len(rows) >= MIN_MODELS
-        if len(rows) >= 2:
-            xs = [to_axis(r["val_top1"] / 100) for r in rows]
-            slope, intercept = fit(xs, [to_axis(r["top1"] / 100) for r in rows])
-            entry["fit"] = {"slope": slope, "intercept": intercept, "models": len(rows)}
-            for r, x in zip(rows, xs, strict=True):
-                r["expected_top1"] = 100 * from_axis(slope * x + intercept)
-                r["effective_robustness"] = r["top1"] - r["expected_top1"] if measured else None
-        if not measured:
-            why = " (a line through two passes through both)" if len(rows) == 2 else ""
-            left.append(
-                f"effective robustness needs {MIN_MODELS} or more models on {val} and "
-                f"{dataset}; it has {len(rows)}{why}"
+    empty = {"val": val, "scale": scale, "datasets": [], "notes": []}
+    if not shifted or not on_val:
+        models = {model_name(plan) for _, plan, _ in runs}
+        if len(models) < 2 or len({plan.title for _, plan, _ in runs}) < 2:
+            return empty
+        if shifted:
+            notes.append(
+                f"no run on {val} (dataset.title) to plot the others against (--val TITLE)"
             )
-        datasets.append(entry)
-    return {"val": val, "scale": scale, "datasets": datasets, "notes": notes}
+        return empty | {"notes": notes}
+    entries = [
+        _dataset_entry(dataset, [p for p in shifted if p.dataset == dataset], on_val, val, scale)
+        for dataset in dict.fromkeys(p.dataset for p in shifted)
+    ]
+    return {"val": val, "scale": scale, "datasets": entries, "notes": notes}
+
+
+def _dataset_entry(
+    dataset: str, shifted: list[Point], on_val: dict[str, Point], val: str, scale: str
+) -> dict[str, Any]:
+    """One shifted dataset's models, the line through them and their effective robustness."""
+    to_axis, from_axis = SCALES[scale]
+    rows: list[dict[str, Any]] = []
+    left: list[str] = []
+    for p in shifted:
+        v = on_val.get(p.model)
+        if v is None:
+            left.append(f"{p.model}: no run on {val}")
+        elif not (0 < v.top1 < 100 and 0 < p.top1 < 100):
+            left.append(f"{p.model}: a top-1 of 0 or 100% has no place on {scale} axes")
+        else:
+            rows.append({"model": p.model, "val_top1": v.top1, "top1": p.top1,
+                         "n_val": v.n, "n": p.n, "val_run": v.run, "run": p.run})  # fmt: skip
+    entry: dict[str, Any] = {"dataset": dataset, "models": rows, "left_out": left, "fit": None}
+    spread = max((r["val_top1"] for r in rows), default=0) - min(
+        (r["val_top1"] for r in rows), default=0
+    )
+    if len(rows) >= 2 and spread < MIN_SPREAD:
+        left.append(
+            f"no line can be fitted: the {len(rows)} models' {val} top-1 span {spread:.2f} "
+            f"points, and a fit needs them to span {MIN_SPREAD:g} or more"
+        )
+        return entry
+    measured = len(rows) >= MIN_MODELS
+    if len(rows) >= 2:
+        xs = [to_axis(r["val_top1"] / 100) for r in rows]
+        slope, intercept = fit(xs, [to_axis(r["top1"] / 100) for r in rows])
+        entry["fit"] = {"slope": slope, "intercept": intercept, "models": len(rows)}
+        for r, x in zip(rows, xs, strict=True):
+            r["expected_top1"] = 100 * from_axis(slope * x + intercept)
+            r["effective_robustness"] = r["top1"] - r["expected_top1"] if measured else None
+    if not measured:
+        why = " (a line through two passes through both)" if len(rows) == 2 else ""
+        left.append(
+            f"effective robustness needs {MIN_MODELS} or more models on {val} and "
+            f"{dataset}; it has {len(rows)}{why}"
+        )
+    return entry
 
 
 def lines(er: dict[str, Any]) -> list[str]:

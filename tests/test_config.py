@@ -140,9 +140,23 @@ def test_values_out_of_range_are_refused(config, override, message):
         check_values(config(override))
 
 
-def test_restrict_is_true_or_false(config):
-    """dataset.restrict is a bool (true by default); anything else is one line."""
-    assert config().dataset.restrict is True
+def test_restrict_is_true_false_or_auto(config):
+    """dataset.restrict is true, false or null (auto, the default: only a known protocol's
+    subset restricts); anything else is one line."""
+    assert config().dataset.restrict is None
     assert config("dataset.restrict=false").dataset.restrict is False
-    with pytest.raises(UserError, match=r"dataset.restrict=maybe; it must be true or false"):
+    assert config("dataset.restrict=true").dataset.restrict is True
+    with pytest.raises(UserError, match=r"dataset.restrict=maybe; it must be true or false \(or"):
         check_command_line(["dataset.restrict=maybe"])
+
+
+def test_the_slurm_launcher_without_its_extra_is_one_line(monkeypatch):
+    """hydra/launcher=slurm where hydra_plugins itself is missing (find_spec of its submodule
+    raises there, rather than answering None) is the one line naming the extra."""
+    import sys
+
+    for name in [m for m in sys.modules if m.startswith("hydra_plugins.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "hydra_plugins", None)  # as if never installed
+    with pytest.raises(UserError, match=r"needs hydra-submitit-launcher: pip install 'alex"):
+        check_override_keys(["hydra/launcher=slurm"])

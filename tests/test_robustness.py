@@ -48,6 +48,7 @@ def test_effective_robustness_of_three_models(config, tmp_path, answering):
         for title, path in (("imagenet-val", val), ("shifted", shifted), ("two-class", two)):
             out = tmp_path / f"{c}-{title}"
             data = ["dataset=parquet", f"dataset.data_files={path}", f"dataset.title={title}"]
+            data += ["dataset.restrict=true"] * (title == "two-class")
             run.evaluate(config(*data, answering(c), "progress=false"), out)
             dirs.append(out)
     lone = tmp_path / "lone"
@@ -81,16 +82,50 @@ def test_effective_robustness_of_three_models(config, tmp_path, answering):
 
 
 def test_two_runs_of_one_model_on_one_dataset_are_left_out(config, tmp_path, answering):
-    """Which of two runs of one model on one dataset is meant is not known: neither is a
-    point, and the report says so instead of picking one."""
+    """Which of two runs of one model on one dataset is meant is not known: in a sweep that
+    could be plotted, neither is a point, and the report says so instead of picking one;
+    in a report of those two runs alone (no plot possible) it says nothing."""
     val = labelled(tmp_path / "val.parquet", VAL)
+    shifted = labelled(tmp_path / "shifted.parquet", SHIFTED)
+    runs = [(TENCH, val, "imagenet-val"), (TENCH, val, "imagenet-val")]
+    runs += [(GOLDFISH, val, "imagenet-val"), (TENCH, shifted, "shifted")]
     dirs = []
-    for k in range(2):
-        dirs.append(tmp_path / f"v{k}")
-        data = ["dataset=parquet", f"dataset.data_files={val}", "dataset.title=imagenet-val"]
-        run.evaluate(config(*data, answering(TENCH), "progress=false"), dirs[-1])
+    for k, (c, path, title) in enumerate(runs):
+        dirs.append(tmp_path / f"r{k}")
+        data = ["dataset=parquet", f"dataset.data_files={path}", f"dataset.title={title}"]
+        run.evaluate(config(*data, answering(c), "progress=false"), dirs[-1])
     found = report.build(dirs, 0)[0]["effective_robustness"]
-    assert found["datasets"] == [] and "is in two runs" in found["notes"][0]
+    assert "is in two runs" in found["notes"][0]
+    assert [d["dataset"] for d in found["datasets"]] == ["shifted"]
+    assert report.build(dirs[:2], 0)[0]["effective_robustness"] == {
+        "val": "imagenet-val", "scale": "logit", "datasets": [], "notes": []
+    }  # fmt: skip
+
+
+def test_no_line_through_models_of_equal_val_accuracy(config, tmp_path, answering):
+    """Three models with the same val top-1: no line is fitted (its slope would be noise),
+    the note says why and what spread a fit needs, no model gets an effective robustness,
+    and no numpy warning reaches the user."""
+    import warnings
+
+    val = labelled(tmp_path / "val.parquet", [TENCH] * 3 + [GOLDFISH] * 3 + [SPRINGER] * 3 + [5])
+    shifted = labelled(tmp_path / "shifted.parquet", SHIFTED)
+    dirs = []
+    for c in (TENCH, GOLDFISH, SPRINGER):
+        for title, path in (("imagenet-val", val), ("shifted", shifted)):
+            dirs.append(tmp_path / f"{c}-{title}")
+            data = ["dataset=parquet", f"dataset.data_files={path}", f"dataset.title={title}"]
+            run.evaluate(config(*data, answering(c), "progress=false"), dirs[-1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        found = report.build(dirs, 0)[0]["effective_robustness"]
+    (entry,) = found["datasets"]
+    assert entry["fit"] is None
+    assert all(r.get("effective_robustness") is None for r in entry["models"])
+    assert any(
+        "no line can be fitted" in n and "span 0.00 points" in n and "2 or more" in n
+        for n in entry["left_out"]
+    ), entry["left_out"]
 
 
 PRESET = """path: parquet
@@ -144,3 +179,15 @@ def test_a_two_model_sweep_and_its_plot(repo_root, tmp_path, answering):
     dom = headless(tmp_path, "--virtual-time-budget=5000", "--dump-dom", f"file://{probe}")
     width, height = (int(v) for v in dom.split('data-plot="')[1].split('"')[0].split("x"))
     assert width > 300 and height > 250
+
+
+def test_a_single_run_report_has_no_robustness_section(config, tmp_path, answering):
+    """One run on one dataset can be no plot: its report says nothing of effective
+    robustness (no red 'left out' note), in the page or in report.json."""
+    shifted = labelled(tmp_path / "shifted.parquet", SHIFTED)
+    out = tmp_path / "one"
+    data = ["dataset=parquet", f"dataset.data_files={shifted}", "dataset.title=shifted"]
+    run.evaluate(config(*data, answering(TENCH)), out)
+    er = report.write([out], n_thumbnails=0)["effective_robustness"]
+    assert er["datasets"] == [] and er["notes"] == []
+    assert "Effective robustness" not in (out / "report.html").read_text()
