@@ -86,10 +86,10 @@ def _job(dcfg: Any) -> None:
     """One job of Hydra's (the only run, or one of a sweep), ended as the module says."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     from pipeline import distributed, rundir
+    from pipeline.config import typed
     from pipeline.errors import UserError
     from pipeline.run import evaluate
 
@@ -98,10 +98,10 @@ def _job(dcfg: Any) -> None:
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         try:
-            cfg = OmegaConf.to_object(dcfg)
-        except OmegaConfBaseException as e:  # another config dir: not checked before
+            cfg = typed(dcfg)
+        except OmegaConfBaseException as e:  # checked before; a Slurm job reads it again
             raise UserError(str(e).strip().splitlines()[0]) from None
-        evaluate(cfg, out_dir)  # type: ignore[arg-type]
+        evaluate(cfg, out_dir)
     except stop.Stopped as e:
         print(str(e), file=sys.stderr)
         if distributed.launch().rank == 0:  # one rank hands over: all have committed by now

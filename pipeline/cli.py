@@ -1,25 +1,32 @@
 """The command line of `python -m pipeline`, checked before anything heavy is imported.
 
 Every override is checked against the schema and the config groups, then every job's
-config is composed, so that a mistyped key, an unknown option, a value of the wrong type
-or a missing required value is one line naming what is valid (exit 2) within a second,
-not a traceback after the imports. The output folder is checked before Hydra writes its
-`.hydra/` and log into it. `compose` gives the same config without Hydra's entry point.
+config is composed as Hydra composes it (with Hydra's own --config-path, --config-name and
+--config-dir, a user's own configs), so that a mistyped key, an unknown option, a value of
+the wrong type, a missing required value or a missing optional extra is one line naming
+what is valid (exit 2) within a second, not a traceback after the imports. The run or
+sweep folder is checked before Hydra writes its `.hydra/`, log or multirun.yaml into it.
+`compose` gives the same config without Hydra's entry point.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Sequence
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from pipeline.config import CONF_DIR, GROUPS, Config, check_values, register, schema_keys
-from pipeline.errors import UserError
+from pipeline.config import CONF_DIR, GROUPS, Config, check_values, register, schema_keys, typed
+from pipeline.errors import UserError, installed
 
 LAUNCHER_EXTRAS = {"slurm": "slurm", "submitit_slurm": "slurm", "submitit_local": "slurm"}
+MAIN = Path(__file__).with_name("__main__.py")  # where Hydra reads a relative --config-path from
 
 
 def compose(*overrides: str) -> Config:
@@ -34,27 +41,84 @@ def compose(*overrides: str) -> Config:
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class Primary:
+    """Where Hydra finds the configs: the primary config's folder and name, and the folder
+    --config-dir adds (Hydra's flags; ours by default)."""
+
+    path: str = str(CONF_DIR)
+    name: str = "config"
+    extra: str | None = None
+
+    @classmethod
+    def of(cls, args: Any) -> Primary:
+        return cls(
+            path=args.config_path or str(CONF_DIR),
+            name=args.config_name or "config",
+            extra=os.path.abspath(args.config_dir) if args.config_dir else None,
+        )
+
+    def folders(self) -> list[Path]:
+        """The local folders among them, where group options are files."""
+        from hydra._internal.utils import compute_search_path_dir
+
+        primary = compute_search_path_dir(str(MAIN), None, self.path) or ""
+        found = [Path(primary)] if "://" not in primary else []
+        return found + ([Path(self.extra)] if self.extra else [])
+
+    @contextlib.contextmanager
+    def hydra(self) -> Iterator[Any]:
+        """Hydra as `python -m pipeline` starts it, with these configs (then cleared, so that
+        the real entry point can start it again)."""
+        from hydra._internal.hydra import Hydra
+        from hydra._internal.utils import create_automatic_config_search_path
+        from hydra.core.config_search_path import SearchPathQuery
+        from hydra.core.global_hydra import GlobalHydra
+
+        register()
+        if self.extra is not None and not os.path.isdir(self.extra):
+            raise UserError(f"--config-dir {self.extra}: no such folder")
+        search = create_automatic_config_search_path(str(MAIN), None, self.path)
+        if self.extra is not None:
+            anchor = SearchPathQuery(provider="schema")
+            search.prepend(provider="command-line", path=f"file://{self.extra}", anchor=anchor)
+        GlobalHydra.instance().clear()
+        try:
+            yield Hydra.create_main_hydra2(task_name="pipeline", config_search_path=search)
+        finally:
+            GlobalHydra.instance().clear()
+
+
 def check_command_line(argv: Sequence[str]) -> None:
     """Refuse, in one line naming what is valid, any override the run cannot use: keys and
-    group options first, then every job's composed values; then the output folder."""
+    group options first, then every job's composed values; then the run or sweep folder."""
     from hydra._internal.utils import get_args_parser
+    from hydra.types import RunMode
 
-    args, _ = get_args_parser().parse_known_args(list(argv))
+    args, unknown = get_args_parser().parse_known_args(list(argv))
     if args.help or args.hydra_help or args.info or args.shell_completion:
         return
+    if unknown:
+        raise UserError(
+            f"Unrecognized arguments: {' '.join(unknown)} (Hydra's flags, such as -m, -cd, "
+            f"-cn, go before the key=value overrides)"
+        )
     overrides = _parse(args.overrides)
     if args.multirun and any(o.key_or_group == "output_dir" for o in overrides):
         raise UserError(
             "output_dir names one folder, but a sweep writes one per job: "
             "set hydra.sweep.dir=DIR instead (jobs go to DIR/0, DIR/1, ...)"
         )
-    _check_keys(overrides)
-    if args.config_name or args.config_path or args.config_dir:
-        return  # another primary config: Hydra composes and checks it itself
-    for job in _jobs(overrides, multirun=args.multirun):
-        check_values(_compose_checked(job))
-    if not args.multirun and args.cfg is None:
-        _check_output_folder(overrides)
+    primary = Primary.of(args)
+    _check_keys(overrides, primary)
+    with primary.hydra() as hydra:
+        for job in _jobs(overrides, multirun=args.multirun):
+            check_values(_compose_checked(hydra, primary.name, job)[0])
+        if args.cfg is not None:
+            return
+        mode = RunMode.MULTIRUN if args.multirun else RunMode.RUN
+        whole = [o.input_line for o in overrides]
+        _check_folder(_compose_checked(hydra, primary.name, whole, mode)[1], mode)
 
 
 def check_override_keys(argv: Sequence[str]) -> None:
@@ -62,7 +126,7 @@ def check_override_keys(argv: Sequence[str]) -> None:
     from hydra._internal.utils import get_args_parser
 
     args, _ = get_args_parser().parse_known_args(list(argv))
-    _check_keys(_parse(args.overrides))
+    _check_keys(_parse(args.overrides), Primary.of(args))
 
 
 def _parse(overrides: list[str]) -> list[Any]:
@@ -75,10 +139,10 @@ def _parse(overrides: list[str]) -> list[Any]:
         raise UserError(f"Cannot parse the command line: {_first_line(e)}") from None
 
 
-def _search_dirs(overrides: list[Any]) -> list[Path]:
-    """The config folders Hydra reads: ours, then those hydra.searchpath adds (the user's
-    own presets: hydra.searchpath=[file:///path/to/conf])."""
-    dirs = [CONF_DIR]
+def _search_dirs(overrides: list[Any], primary: Primary) -> list[Path]:
+    """The config folders Hydra reads: the primary one (ours) and --config-dir's, then
+    those hydra.searchpath adds (the user's own presets: hydra.searchpath=[file:///path])."""
+    dirs = primary.folders()
     for o in (o for o in overrides if o.key_or_group == "hydra.searchpath"):
         value = o.value()
         for entry in map(str, value if isinstance(value, list) else [value]):
@@ -87,8 +151,8 @@ def _search_dirs(overrides: list[Any]) -> list[Path]:
     return dirs
 
 
-def _check_keys(overrides: list[Any]) -> None:
-    search_dirs = _search_dirs(overrides)
+def _check_keys(overrides: list[Any], primary: Primary) -> None:
+    search_dirs = _search_dirs(overrides, primary)
     for override in overrides:
         _check_key(override, search_dirs)
 
@@ -105,35 +169,40 @@ def _check_key(override: Any, search_dirs: list[Path]) -> None:
         for value in _values(override):
             if value not in options:
                 raise UserError(
-                    f"{key}={value} is not a config of {key}/{_did_you_mean(value, options)}; "
-                    f"valid: {', '.join(options)}"
+                    f"{key}={value} is not a config of {key}/.{_did_you_mean(value, options)} "
+                    f"Valid: {', '.join(options)}"
                 )
         return
     valid = schema_keys()
     if key not in valid:
-        hint = _did_you_mean(key, valid)
-        raise UserError(f"Unknown config key '{key}'.{hint} Valid keys: {', '.join(valid)}")
+        raise UserError(f"Unknown config key '{key}'.{_did_you_mean(key, valid)} {_group(key)}")
+
+
+def _group(key: str) -> str:
+    """The keys of the group a mistyped key belongs to (by its own prefix, else its near
+    miss's), or the top level's keys and groups: a few to read, not all 45."""
+    valid = schema_keys()
+    close = difflib.get_close_matches(key, valid, n=1)
+    prefix = key.split(".")[0] if "." in key else ""
+    if prefix not in {k.split(".")[0] for k in valid if "." in k}:
+        near = close[0] if close else ""
+        prefix = near.split(".")[0] if "." in near else ""
+    if prefix:
+        keys = [k.split(".", 1)[1] for k in valid if k.startswith(f"{prefix}.")]
+        return f"Keys of {prefix}: {', '.join(keys)}"
+    top = [k for k in valid if "." not in k]
+    groups = sorted({f"{k.split('.')[0]}.*" for k in valid if "." in k})
+    return f"Keys: {', '.join(top)}; and {', '.join(groups)}"
 
 
 def _check_launcher(override: Any) -> None:
     """hydra/launcher=slurm needs the optional extra that brings the launcher."""
     for value in _values(override):
-        if value in LAUNCHER_EXTRAS and not _installed("hydra_plugins.hydra_submitit_launcher"):
+        if value in LAUNCHER_EXTRAS and not installed("hydra_plugins.hydra_submitit_launcher"):
             raise UserError(
                 f"hydra/launcher={value} needs hydra-submitit-launcher: "
                 f"pip install 'alexnet-eval[{LAUNCHER_EXTRAS[value]}]'"
             )
-
-
-def _installed(module: str) -> bool:
-    """Whether a module can be imported (find_spec of a submodule raises, rather than
-    answering None, when its parent package is missing)."""
-    from importlib.util import find_spec
-
-    try:
-        return find_spec(module) is not None
-    except ImportError:
-        return False
 
 
 def _values(override: Any) -> list[str]:
@@ -164,30 +233,42 @@ def _jobs(overrides: list[Any], *, multirun: bool) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(ours, None) for job in batch]
 
 
-def _compose_checked(job: list[str]) -> Config:
-    """compose(), with each of its failures as one line naming the key and what is valid."""
-    from hydra.errors import ConfigCompositionException
+def _compose_checked(hydra: Any, name: str, job: list[str], mode: Any = None) -> tuple[Config, Any]:
+    """The job's typed Config and Hydra's own part of it (its folders), composed as Hydra
+    composes it; each failure as one line naming the key and what is valid."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+    from hydra.types import RunMode
     from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
     try:
-        return compose(*job)
+        cfg = hydra.compose_config(name, job, run_mode=mode or RunMode.RUN)
+        HydraConfig.instance().set_config(cfg)  # for ${hydra:...} in a user's config
+        return typed(cfg), cfg.hydra
     except MissingMandatoryValue as e:
         key = getattr(e, "full_key", "") or "a value"
         raise UserError(f"{key} is required here: add {key}=... to the command line") from None
+    except MissingConfigException as e:
+        raise UserError(_first_line(e)) from None
     except ConfigCompositionException as e:
-        cause = e.__cause__
+        cause = e.__cause__ or e.__context__  # a config file's value: raised without `from`
         if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
             raise UserError(_value_error(cause, job)) from None
         raise UserError(_first_line(e)) from None
     except OmegaConfBaseException as e:
+        if getattr(e, "full_key", None):
+            raise UserError(_value_error(e, job)) from None
         raise UserError(_first_line(e)) from None
 
 
 def _value_error(cause: Any, job: list[str]) -> str:
     """`batch_size=abc; it must be an integer` / `backend=cuda; valid: pil, tensor, device`."""
     key = cause.full_key
-    given = next((o.split("=", 1)[1] for o in reversed(job) if o.split("=", 1)[0] == key), "")
     message = _first_line(cause)
+    given = next((o.split("=", 1)[1] for o in reversed(job) if o.split("=", 1)[0] == key), None)
+    if given is None:  # set in a config file, not on the command line
+        found = re.match(r"Value '(.*)' of type", message)
+        given = found[1] if found else ""
     if "expected one of [" in message:
         valid = message.split("expected one of [", 1)[1].rstrip("]")
         return f"{key}={given}; valid: {valid}"
@@ -205,16 +286,18 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _check_output_folder(overrides: list[Any]) -> None:
-    """The run folder named on the command line (output_dir, or hydra.run.dir) must be new,
-    empty or one of this pipeline's, and writable, before Hydra writes into it; without
-    one, Hydra's outputs/ folder here must be writable."""
+def _check_folder(hydra_node: Any, mode: Any) -> None:
+    """The run folder (output_dir, hydra.run.dir) must be new, empty or one of this
+    pipeline's, and writable; a sweep folder (hydra.sweep.dir) new, empty or one of its
+    sweeps: checked before Hydra writes into either."""
+    from hydra.types import RunMode
+
     from pipeline import rundir
 
-    named = {o.key_or_group: str(o.value()) for o in overrides}
-    folder = named.get("output_dir", named.get("hydra.run.dir"))
-    if folder == "":
-        return  # refused with the other values (check_values)
-    if folder is not None:
-        rundir.check_claim(Path(folder))
-    rundir.check_writable(Path("outputs" if folder is None else folder))
+    if mode == RunMode.MULTIRUN:
+        folder = Path(str(hydra_node.sweep.dir))
+        rundir.check_sweep_claim(folder)
+    else:
+        folder = Path(str(hydra_node.run.dir))
+        rundir.check_claim(folder)
+    rundir.check_can_write(folder)

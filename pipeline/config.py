@@ -17,7 +17,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, require
 
 # Hydra's config folder: the top-level conf/ of a source checkout (the one source of truth),
 # which the wheel ships inside the package (pyproject.toml's package-dir)
@@ -192,6 +192,13 @@ def schema_keys() -> list[str]:
     return keys
 
 
+def typed(cfg: Any) -> Config:
+    """A composed config (Hydra's part dropped) as the typed Config, whatever primary config
+    it came from: a user's own (--config-name) is checked against the schema too."""
+    body = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), body))  # type: ignore[return-value]
+
+
 def plain(value: Any) -> Any:
     """OmegaConf containers -> plain lists/dicts, as `datasets` and JSON expect."""
     return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
@@ -214,11 +221,29 @@ def check_values(cfg: Config) -> None:
         raise UserError("output_dir= is empty: name the run folder, or leave it unset")
     check_model(cfg.model)
     check_corruptions(cfg)
+    check_extras(cfg)
+
+
+EXTRAS = {"timm": ("timm", "timm"), "hf": ("transformers", "hf")}  # library: module, extra
+
+
+def check_extras(cfg: Config) -> None:
+    """The optional extras this run needs are installed (before any folder is made)."""
+    library = split_arch(cfg.model.arch)[0]
+    if library in EXTRAS:
+        require(*EXTRAS[library], f"model.arch={cfg.model.arch}")
+    if cfg.dataset.corrupt not in (None, "none"):
+        require("imagecorruptions", "corrupt", "dataset.corrupt")
 
 
 def check_model(m: ModelConfig) -> None:
     """What the model's library can take (before anything heavy is imported)."""
     library, name = split_arch(m.arch)
+    if library != "torchvision" and m.name is None and name in ("", "None"):
+        raise UserError(
+            f"model={library} needs the model's name: model.name=NAME (e.g. "
+            f"{EXAMPLES.get(library, 'NAME')})"
+        )
     if m.name is not None and m.name != name:
         raise UserError(
             f"model.name={m.name} is read by model=timm and model=hf (their arch is "
@@ -232,6 +257,9 @@ def check_model(m: ModelConfig) -> None:
     for key, value in (("model.resize", m.resize), ("model.crop", m.crop)):
         if value is not None and value < 1:
             raise UserError(f"{key}={value}; it must be 1 or more, or null for the model's own")
+
+
+EXAMPLES = {"timm": "resnet50.a1_in1k", "hf": "microsoft/resnet-50"}  # model.name's, per library
 
 
 def check_corruptions(cfg: Config) -> None:

@@ -24,6 +24,25 @@ def to_imagenet(names: Sequence[str], what: str) -> tuple[tuple[int, ...] | None
     names = [str(n) for n in names]
     if labels.is_identity(names):
         return None, f"{what}: ImageNet-1k (1000 outputs)"
+    extra = len(names) - labels.N_CLASSES
+    if extra > 0 and labels.is_identity(names[extra:]):  # Google's: background, then the 1000
+        dropped = ", ".join(repr(n) for n in names[:extra])
+        picked = tuple(range(extra, len(names)))
+        return picked, f"{what}: {len(names)} outputs, ImageNet-1k's 1000 after {dropped}"
+    try:
+        return _by_name(names, what)
+    except UserError as e:
+        fix = "evaluate a model with an ImageNet-1k head"
+        if len(names) == labels.N_CLASSES:
+            raise UserError(f"{what}: {e}; {fix}") from None
+        raise UserError(
+            f"{what} has {len(names)} outputs, not ImageNet-1k's 1000: it is not an "
+            f"ImageNet-1k head ({e}); {fix}"
+        ) from None
+
+
+def _by_name(names: list[str], what: str) -> tuple[tuple[int, ...], str]:
+    """The output of each of the 1000 classes, found by the outputs' names."""
     column: dict[int, int] = {}
     ambiguous: set[str] = set()  # ILSVRC's long names call two classes 'crane'
     for i, name in enumerate(names):
@@ -36,8 +55,8 @@ def to_imagenet(names: Sequence[str], what: str) -> tuple[tuple[int, ...] | None
             continue
         if k in column:
             raise UserError(
-                f"{what}: outputs {column[k]} ({names[column[k]]!r}) and {i} ({name!r}) are "
-                f"both ImageNet class {k}; it cannot be scored as ImageNet-1k"
+                f"its outputs {column[k]} ({names[column[k]]!r}) and {i} ({name!r}) are both "
+                f"ImageNet class {k}; it cannot be scored as ImageNet-1k"
             )
         column[k] = i
     if len(column) < labels.N_CLASSES:
@@ -47,10 +66,9 @@ def to_imagenet(names: Sequence[str], what: str) -> tuple[tuple[int, ...] | None
         first = ", ".join(repr(n) for n in names[:3])
         unclear = f"; {', '.join(map(repr, sorted(ambiguous)))} names several" if ambiguous else ""
         raise UserError(
-            f"{what}: its {len(names)} outputs ({first}, ...) name {len(column)} of "
-            f"ImageNet-1k's 1000 classes (missing {shown}"
-            f"{' and more' if len(absent) > 3 else ''}{unclear}), so it cannot be scored "
-            f"as ImageNet-1k; evaluate a model with an ImageNet-1k head"
+            f"its {len(names)} outputs ({first}, ...) name {len(column)} of ImageNet-1k's "
+            f"1000 classes (missing {shown}{' and more' if len(absent) > 3 else ''}{unclear}), "
+            f"so it cannot be scored as ImageNet-1k"
         )
     picked = tuple(column[k] for k in range(labels.N_CLASSES))
     return picked, f"{what}: {len(names)} outputs, ImageNet-1k's 1000 picked by name"

@@ -65,9 +65,10 @@ def check_name(name: str, key: str) -> str:
     )
 
 
-def check_severity(severity: int | None, key: str) -> int:
+def check_severity(severity: int | None, key: str, given: str | None = None) -> int:
+    """`given`: the whole value the severity came from (fog:6), to name in the error."""
     if severity is None or severity not in SEVERITIES:
-        raise UserError(f"{key}={severity}; ImageNet-C's severities are 1..5")
+        raise UserError(f"{key}={given or severity}; ImageNet-C's severities are 1..5")
     return severity
 
 
@@ -78,7 +79,8 @@ def on_the_fly(spec: str) -> tuple[str, int] | None:
     name, _, severity = spec.partition(":")
     if not severity.isdigit():
         raise UserError(f"dataset.corrupt={spec}: write it as name:severity, e.g. fog:3, or none")
-    return check_name(name, "dataset.corrupt"), check_severity(int(severity), "dataset.corrupt")
+    key = "dataset.corrupt"
+    return check_name(name, key), check_severity(int(severity), key, given=spec)
 
 
 @dataclass(frozen=True)
@@ -124,10 +126,30 @@ def source_of(d: DatasetConfig) -> dict[str, Any]:
         return {}
     name, severity = cell(d.corruption, d.severity)
     if name != CLEAN:
+        check_cell(d.path, name, severity)
         return {"data_dir": f"{name}/{severity}", "split": None}
     if d.clean is None:
         raise UserError("dataset.corruption=clean needs dataset.clean: the clean val split's path")
     return {"path": d.clean, "split": d.clean_split, "data_dir": None, "data_files": None}
+
+
+def check_cell(release: str, name: str, severity: int | None) -> None:
+    """A local release must hold the cell's folder: one line naming what it holds instead
+    (`datasets` would say only that it "doesn't contain any data files")."""
+    import os
+
+    if not os.path.isdir(release) or os.path.isdir(os.path.join(release, name, str(severity))):
+        return
+    if os.path.isdir(os.path.join(release, name)):
+        have = sorted(e for e in os.listdir(os.path.join(release, name)) if e.isdigit())
+        held = f"its {name}/ holds severities {', '.join(have) or 'none'}"
+    else:
+        have = sorted(e for e in os.listdir(release) if e in ALL)
+        held = f"its corruptions: {', '.join(have) or 'none'}"
+    raise UserError(
+        f"The ImageNet-C release at {release} has no {name}/{severity} ({held}); "
+        f"extract that cell, or choose one it has"
+    )
 
 
 # --------------------------------------------------------------- published
@@ -310,6 +332,20 @@ def summary(groups: list[ModelErrors]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def is_summary_file(path: Any) -> bool:
+    """Whether an imagenet_c.json is this pipeline's: a list of summary() entries."""
+    import json
+
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    keys = {"model", "source", "errors", "published", "missing"}
+    return isinstance(entries, list) and all(
+        isinstance(e, dict) and keys <= e.keys() for e in entries
+    )
 
 
 def lines(entry: dict[str, Any]) -> list[str]:

@@ -83,12 +83,11 @@ def tiling(plans: list[RunPlan], shard_dirs: list[Path], n: int) -> list[rundir.
 def merge_shards(out_dir: Path, shard_dirs: list[Path]) -> dict[str, Any]:
     """Check that the shards tile one run, then write its predictions and metrics to out_dir
     (or find them written by the same merge before); the metrics row."""
-    merged, parts = check_shards(out_dir, shard_dirs)
+    merged, parts = check_shards(out_dir, shard_dirs)  # another plan there is refused
     with rundir.open_folder(out_dir) as folder:
-        folder.check_plan(merged)  # claims the folder; another plan there is refused
-        if folder.finished:
-            print(f"{out_dir} already holds this merge; nothing to do")
+        if folder.finished:  # the same merge, done before: nothing is written again
             return pd.read_parquet(out_dir / rundir.METRICS).iloc[0].to_dict()
+        folder.check_plan(merged)  # claims the folder
         predictions = out_dir / rundir.PREDICTIONS
         rundir.write_segments([(p, p.first, p.stop) for p in parts], predictions, merged.schema)
         shards = [metrics.read(d / rundir.METRICS) for d in shard_dirs]
@@ -162,11 +161,15 @@ def merge_sweep(sweep_dir: Path, jobs: list[list[str]], done: set[int]) -> tuple
             )
             failed += bool(absent)
             continue
+        merged_before = (target / rundir.METRICS).exists()
         try:
             row = merge_shards(target, [sweep_dir / str(group.jobs[i]) for i in range(group.count)])
         except UserError as e:
             lines.append(f"error: cannot merge the shards of {what}: {e}")
             failed += 1
+            continue
+        if merged_before:
+            lines.append(f"the {group.count} shards of {what} are merged in {target} already")
             continue
         lines.append(
             f"merged {group.count} shards of {what} into {target}: top-1 {number(row['top1'])}  "
@@ -185,7 +188,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("shard_dirs", type=Path, nargs="+", help="run folders of the shards")
     args = parser.parse_args(argv)
     with one_line():
+        merged_before = (args.out_dir / rundir.METRICS).exists()
         r = merge_shards(args.out_dir, args.shard_dirs)
+    if merged_before:
+        print(f"{args.out_dir} already holds this merge; nothing to do")
+        return
     print(
         f"merged {len(args.shard_dirs)} shards: top-1 {number(r['top1'])}  "
         f"top-5 {number(r['top5'])}  "

@@ -174,7 +174,7 @@ def load_torchvision(
             ref = entry.meta["_metrics"].get("ImageNet-1K")
             published = ref and Published(ref["acc@1"], ref["acc@5"], f"torchvision {weights}")
         else:
-            valid = ["pretrained", *enum.__members__]
+            valid = ["pretrained", *enum.__members__, "none"]
             state_dict, file_sha = from_file(weights, sha256, valid=valid)
             file = weights
         model = _with_weights(arch, state_dict, weights)
@@ -259,7 +259,7 @@ def from_file(path: str, sha256: str | None, *, valid: list[str]) -> tuple[dict,
     """A local checkpoint: safetensors, or a state_dict read with `weights_only=True`."""
     if not os.path.isfile(path):
         raise UserError(
-            f"model.weights='{path}' is neither a weights name ({', '.join(valid)}, none) "
+            f"model.weights='{path}' is neither a weights name ({', '.join(valid)}) "
             f"nor an existing file"
         )
     digest = file_digest(path, sha256)

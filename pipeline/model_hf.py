@@ -20,8 +20,6 @@ from pipeline.model import LoadedModel, file_digest, file_sha256, random_weights
 from pipeline.transforms import EvalTransform, Style
 
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")  # what from_pretrained reads
-# the processor's methods that decide the pixels: one overridden means its own resize
-PIXEL_METHODS = ("resize", "center_crop", "_preprocess", "preprocess", "process_image")
 
 
 def load(name: str, weights: str, sha256: str | None) -> LoadedModel:
@@ -35,6 +33,8 @@ def load(name: str, weights: str, sha256: str | None) -> LoadedModel:
             f"model.arch=hf:{name} (a hub id or a folder): pretrained, or none"
         )
     what = f"model.arch=hf:{name}"
+    if name.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(name)):
+        raise UserError(f"{what}: no such folder (a hub id has the form ORG/NAME)")
     processor = _read(what, lambda: transformers.AutoImageProcessor.from_pretrained(name))
     config = _read(what, lambda: transformers.AutoConfig.from_pretrained(name))
     auto = transformers.AutoModelForImageClassification
@@ -99,41 +99,30 @@ def _folder(name: str) -> str:
 
 
 def eval_transform(processor: Any, name: str) -> EvalTransform:
-    """The processor's resize, crop and normalization as numbers, for processors that use
-    transformers' generic torchvision steps (and ConvNeXT's crop_pct resize); one line for
-    those that resize in their own way."""
-    from transformers.image_processing_backends import TorchvisionBackend
+    """The processor's resize, crop and normalization as numbers (its settings read as
+    transformers' generic steps do them, or ConvNeXT's crop_pct resize), accepted only when
+    our transform makes its pixels, bit for bit, on odd-sized probe images (probe), and its
+    normalized ones to float rounding: a processor's class says nothing of its pixels
+    (MobileNetV2's overrides `preprocess` for segmentation maps alone)."""
     from transformers.image_utils import pil_torch_interpolation_mapping
 
-    kind = type(processor)
-    own = [
-        m
-        for m in PIXEL_METHODS
-        if getattr(kind, m, None) is not getattr(TorchvisionBackend, m, None)
-    ]
-    convnext = kind.__name__ == "ConvNextImageProcessor" and set(own) <= {"resize", "_preprocess"}
-    generic = isinstance(processor, TorchvisionBackend)  # not narrowing: its fields are Any
-    if not generic or (own and not convnext):
-        raise UserError(
-            f"hf:{name}'s image processor {kind.__name__} resizes in its own way, which is not "
-            f"supported here"
-        )
+    kind = type(processor).__name__
     if processor.do_rescale and abs(processor.rescale_factor * 255 - 1) > 1e-9:
         raise UserError(
             f"hf:{name} rescales by {processor.rescale_factor}, not 1/255: not supported"
         )
     if getattr(processor, "do_pad", None):
         raise UserError(f"hf:{name}'s image processor pads its images: not supported")
-    size = processor.size
-    if convnext:
+    size, crop_pct = processor.size, getattr(processor, "crop_pct", None)
+    if crop_pct is not None and getattr(size, "shortest_edge", None):  # ConvNeXT's resize
         if processor.do_center_crop:
-            raise UserError(f"hf:{name}'s ConvNeXT processor crops twice: not supported")
-        resize, crop = _convnext_sizes(size.shortest_edge, processor.crop_pct)
+            raise UserError(f"hf:{name}'s image processor {kind} crops twice: not supported")
+        resize, crop = _convnext_sizes(size.shortest_edge, crop_pct)
     else:
         resize, crop = _sizes(processor, name)
     mode = pil_torch_interpolation_mapping[processor.resample]
     normalize = processor.do_normalize
-    return EvalTransform(
+    transform = EvalTransform(
         resize_size=resize,
         crop_size=crop,
         interpolation=InterpolationMode(mode.value),
@@ -141,6 +130,39 @@ def eval_transform(processor: Any, name: str) -> EvalTransform:
         std=tuple(processor.image_std) if normalize else (1.0, 1.0, 1.0),
         style=Style.hf,
     )
+    probe(processor, transform, f"hf:{name}'s image processor {kind}")
+    return transform
+
+
+PROBES = ((500, 375), (301, 457), (1000, 17), (256, 259))  # (w, h): odd shapes and margins
+
+
+def probe(processor: Any, transform: EvalTransform, what: str) -> None:
+    """Refuse the processor unless our transform gives its uint8 pixels bit for bit and its
+    normalized ones to float rounding (1e-5), on random-noise probe images."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from pipeline.transforms import Preprocess
+
+    ours = Preprocess.from_transforms(transform)
+    rng = np.random.default_rng(0)
+    for w, h in PROBES:
+        image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        crop = ours.crop(image)
+        try:
+            raw = processor(image, do_rescale=False, do_normalize=False, return_tensors="pt")
+            full = processor(image, return_tensors="pt")
+        except Exception as e:  # its own steps fail on a plain RGB image: not a classifier's
+            raise UserError(f"{what} cannot process a {w}x{h} image: {e}") from None
+        pixels, normalized = raw["pixel_values"][0], full["pixel_values"][0]
+        same = pixels.shape == crop.shape and torch.equal(pixels, crop.float())
+        if not same or not torch.allclose(ours.normalize(crop[None])[0], normalized, atol=1e-5):
+            raise UserError(
+                f"{what} makes other pixels than its settings read as {transform.describe()} "
+                f"(on a {w}x{h} probe image): not supported"
+            )
 
 
 def _convnext_sizes(edge: int, crop_pct: float) -> tuple[tuple[int, ...], tuple[int, ...]]:

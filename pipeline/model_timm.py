@@ -39,6 +39,7 @@ HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm reads from a
 def load(name: str, weights: str, sha256: str | None) -> LoadedModel:
     """timm's `name` (architecture.tag) with `weights`: pretrained | a checkpoint | none."""
     timm = optional("timm", "timm", "model.arch=timm:...")
+    logging.getLogger("timm").setLevel(logging.WARNING)  # its per-load INFO lines: ours say it
     base = name.split(".")[0]
     if not timm.is_model(base):
         near = difflib.get_close_matches(base, timm.list_models(), n=3)

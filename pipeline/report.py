@@ -16,6 +16,7 @@ import argparse
 import base64
 import datetime as dt
 import io
+import json
 import math
 import warnings
 from dataclasses import dataclass, replace
@@ -377,12 +378,38 @@ def write(
     """Write report.json and report.html into `out` (the first run's folder by default)."""
     from pipeline import report_html
 
-    report, shown = build(dirs, n_thumbnails, val, scale)
     out = out or dirs[0]
+    rundir.check_ours(out / "report.json", is_report_json)
+    rundir.check_ours(out / "report.html", is_report_page)
+    report, shown = build(dirs, n_thumbnails, val, scale)
     rundir.write_json(out / "report.json", report)
     page = report_html.render(report, shown)
     rundir.durable_write(out / "report.html", lambda tmp: tmp.write_text(page))
     return report
+
+
+def is_report_json(path: Path) -> bool:
+    """Whether a report.json is this pipeline's: an object under report.json's own keys."""
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(content, dict) and content.keys() >= REPORT_KEYS
+
+
+REPORT_KEYS = {"created", "interval", "difference_interval", "runs", "paired"}
+
+
+def is_report_page(path: Path) -> bool:
+    """Whether a report.html is this pipeline's: its head names it (report_html.TITLE)."""
+    from pipeline import report_html
+
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return f"<title>{report_html.TITLE}</title>" in head
 
 
 def targets(paths: list[Path]) -> tuple[list[Path], Path]:

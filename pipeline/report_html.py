@@ -28,6 +28,9 @@ td.n { text-align: right }
 """
 
 
+TITLE = "alexnet-eval report"  # what tells this pipeline's pages from others (report.py)
+
+
 def esc(value: Any) -> str:
     return html.escape("" if value is None else str(value))
 
@@ -359,7 +362,7 @@ def render(report: dict[str, Any], shown: list[dict[str, Any]]) -> str:
         f"correctness. Made {esc(report['created'])}."
     )
     return (
-        "<!doctype html><html><head><meta charset=utf-8><title>alexnet-eval report</title>"
+        f"<!doctype html><html><head><meta charset=utf-8><title>{TITLE}</title>"
         f"<style>{CSS}</style></head><body><h1>alexnet-eval report</h1>"
         f"<p class=muted>{esc(report['runs'][0]['dir'])}</p>{body}"
         f"<p class=muted>{foot}</p></body></html>"

@@ -104,6 +104,11 @@ def _run(
     if todo is None:
         return already_complete(folder.path) if group.rank == 0 else None
     mine = distributed.share(todo, group)
+    note(
+        f"scoring {rundir.rows_of(mine) or 'all'} rows of {the_plan.title} "
+        f"({the_plan.split}) with {the_plan.model} ({the_plan.weights}) on {the_plan.device}, "
+        f"batch_size={the_plan.batch_size}, num_workers={the_plan.num_workers}, amp {the_plan.amp}"
+    )
     if group.world > 1:
         log.info("rank %d of %d scores %s rows", group.rank, group.world, rundir.rows_of(mine))
     check_real(inputs, mine)
@@ -192,7 +197,7 @@ def missing_rows(folder: rundir.RunFolder, the_plan: plan.RunPlan) -> data.Todo 
 
 
 def already_complete(out_dir: Path) -> dict[str, Any]:
-    print(f"{out_dir} is already complete; nothing to do")
+    say(f"{out_dir} is already complete; nothing to do")
     return pd.read_parquet(out_dir / rundir.METRICS).iloc[0].to_dict()
 
 
@@ -365,6 +370,21 @@ def resume_hint(out_dir: Path) -> str:
     return f"Run again with output_dir={out_dir} to finish the rest."
 
 
+def say(text: str) -> None:
+    """A line for the user, kept in the job's log file too (Hydra's pipeline.log), whose
+    console handler it skips: the summary reads the same in both."""
+    print(text)
+    note(text)
+
+
+def note(text: str) -> None:
+    """A line for the job's log file only (what ran, for whoever reads the log later)."""
+    record = logging.LogRecord(log.name, logging.INFO, __file__, 0, text, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def ways(p: plan.RunPlan) -> str:
     """How many ways the run scored, and how to ask for the other."""
     outputs = len(p.categories)
@@ -377,19 +397,19 @@ def ways(p: plan.RunPlan) -> str:
 
 
 def print_summary(the_plan: plan.RunPlan, s: metrics.Scores, out_dir: Path) -> None:
-    print(
+    say(
         f"top-1 {number(s.top1)}  top-5 {number(s.top5)}  ({s.n_labeled} labeled)  "
         f"images {s.n_images}  errors {s.n_errors}  {s.images_per_sec:.1f} img/s"
     )
-    print(f"label space: {the_plan.label_space} ({the_plan.label_source}); {ways(the_plan)}")
+    say(f"label space: {the_plan.label_space} ({the_plan.label_source}); {ways(the_plan)}")
     if s.n_real is not None:
-        print(f"ImageNet-ReaL top-1 {number(s.real_top1)}  ({s.n_real} images with ReaL labels)")
+        say(f"ImageNet-ReaL top-1 {number(s.real_top1)}  ({s.n_real} images with ReaL labels)")
     check = metrics.published_check(the_plan, s)
     if check:
-        print(check)
+        say(check)
     if s.n_errors:
-        print(
+        say(
             f"{s.n_errors} image(s) could not be scored: see the `error` column; "
             "they are left out of top-1/top-5"
         )
-    print(f"wrote {out_dir / rundir.PREDICTIONS} and {out_dir / rundir.METRICS}")
+    say(f"wrote {out_dir / rundir.PREDICTIONS} and {out_dir / rundir.METRICS}")

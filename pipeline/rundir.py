@@ -50,6 +50,7 @@ PART_RE = re.compile(r"part-(\d{12})-(\d{12})\.parquet")
 TMP_RE = re.compile(r"\..+\.\d+-[0-9a-f]{6}\.tmp")  # durable_write's temporary names
 PROBE_RE = re.compile(r"\.write-test-.+-\d+")  # check_writable's probe
 HYDRA_FILES = (".hydra", "pipeline.log")  # what Hydra writes into a job's folder first
+JOB_NAME = "pipeline"  # hydra.job.name in conf/config.yaml
 
 
 class FolderBusy(UserError):
@@ -114,6 +115,18 @@ def check_writable(path: Path) -> None:
         raise UserError(f"Cannot write to output folder {path}: {e.strerror or e}") from None
 
 
+def check_can_write(path: Path) -> None:
+    """Fail when the folder could not be made or written, without making it (a refused run
+    leaves no folder behind): its nearest existing ancestor must be a writable folder."""
+    there = path.absolute()
+    while not there.exists() and there != there.parent:
+        there = there.parent
+    if not there.is_dir():
+        raise UserError(f"Cannot write to output folder {path}: {there} is a file")
+    if not os.access(there, os.W_OK | os.X_OK):  # EROFS too, even for root
+        raise UserError(f"Cannot write to output folder {path}: {there} is not writable")
+
+
 # --------------------------------------------------------------------- lock
 
 
@@ -153,7 +166,7 @@ def check_claim(path: Path) -> None:
     if (path / RUN_FILE).exists():
         read_plan(path)  # refuses a run.json that is not this pipeline's
         return
-    foreign = [e for e in sorted(os.listdir(path)) if not _written_before_plan(e)]
+    foreign = [e for e in sorted(os.listdir(path)) if not _written_before_plan(path, e)]
     if foreign:  # outputs without a run.json too: never taken for a finished run
         raise UserError(
             f"{path} is not empty and not a run folder of this pipeline (no {RUN_FILE}): it "
@@ -161,12 +174,60 @@ def check_claim(path: Path) -> None:
         )
 
 
-def _written_before_plan(name: str) -> bool:
+def _written_before_plan(path: Path, name: str) -> bool:
+    if name == HYDRA_FILES[0]:  # another Hydra app's .hydra/ is not ours to overwrite
+        return names_our_job(path / name / "hydra.yaml")
     return (
         name in (LOCK, ERROR_FILE, *HYDRA_FILES)
         or TMP_RE.fullmatch(name) is not None
         or PROBE_RE.fullmatch(name) is not None
     )
+
+
+def names_our_job(hydra_file: Path) -> bool:
+    """Whether a Hydra file (a job's .hydra/hydra.yaml, a sweep's multirun.yaml) was
+    written for this pipeline: its job is ours (conf/config.yaml names it)."""
+    import yaml
+
+    try:
+        content = yaml.safe_load(hydra_file.read_text())
+        return content["hydra"]["job"]["name"] == JOB_NAME
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
+        return False
+
+
+SWEEP_FILE = "multirun.yaml"  # what Hydra writes first into a sweep folder
+
+
+def check_sweep_claim(path: Path) -> None:
+    """Refuse a sweep folder (hydra.sweep.dir) this pipeline may not write into: one that
+    exists, is not empty and holds no sweep of this pipeline's (its multirun.yaml)."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise UserError(f"{path} is a file, not a folder; choose another hydra.sweep.dir")
+    if (path / SWEEP_FILE).exists():
+        if not names_our_job(path / SWEEP_FILE):
+            raise UserError(
+                f"{path} holds another Hydra app's sweep ({SWEEP_FILE}); choose another "
+                f"hydra.sweep.dir"
+            )
+        return
+    found = sorted(os.listdir(path))
+    if found:
+        raise UserError(
+            f"{path} is not empty and not a sweep folder of this pipeline (no {SWEEP_FILE}): "
+            f"it holds {_listing(found)}; use a new or empty hydra.sweep.dir"
+        )
+
+
+def check_ours(path: Path, proof: Callable[[Path], bool]) -> None:
+    """Before a file is replaced: it is absent, or `proof` shows this pipeline wrote it."""
+    if path.exists() and not (path.is_file() and proof(path)):
+        raise UserError(
+            f"{path} exists and was not written by this pipeline; move it away and run "
+            f"again (nothing was written)"
+        )
 
 
 def _listing(names: list[str], shown: int = 5) -> str:

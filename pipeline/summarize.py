@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -83,6 +85,10 @@ def job_row(job_dir: Path, number: int, overrides: list[str]) -> dict[str, Any]:
     committed = rundir.committed_rows(job_dir)
     if committed:
         return row | {"status": f"unfinished ({committed} rows committed)"}
+    try:
+        rundir.check_claim(job_dir)  # a job refused for its folder could record nothing there
+    except UserError as e:
+        return row | {"status": f"failed: {e}"}
     return row | {"status": "no results yet" if job_dir.exists() else "not started"}
 
 
@@ -121,10 +127,25 @@ def summarize(sweep_dir: Path) -> pd.DataFrame:
     table = table.reindex(columns=COLUMNS).astype(
         {"batch_size": "Int64", "n_images": "Int64", "n_errors": "Int64"}
     )
-    rundir.durable_write(
-        sweep_dir / "summary.parquet", lambda tmp: table.to_parquet(tmp, index=False)
-    )
+    rundir.check_ours(sweep_dir / SUMMARY, is_summary)
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), **MARK})
+    rundir.durable_write(sweep_dir / SUMMARY, lambda tmp: pq.write_table(arrow, tmp))
     return table
+
+
+SUMMARY = "summary.parquet"
+MARK = {b"alexnet-eval": b"sweep summary"}  # in the file's schema: this pipeline wrote it
+
+
+def is_summary(path: Path) -> bool:
+    """Whether a summary.parquet is this pipeline's: marked so, or (written before the mark)
+    holding exactly the table's columns."""
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException):
+        return False
+    return MARK.items() <= (schema.metadata or {}).items() or schema.names == COLUMNS
 
 
 def print_table(table: pd.DataFrame) -> None:
@@ -161,6 +182,7 @@ def imagenet_c_summary(sweep_dir: Path, table: pd.DataFrame) -> list[dict[str, A
     runs = [(str(d), rundir.read_plan(d), metrics.read(d / rundir.METRICS)) for d in done]
     entries = imagenet_c.summary(imagenet_c.gather(runs))
     if entries:
+        rundir.check_ours(sweep_dir / "imagenet_c.json", imagenet_c.is_summary_file)
         rundir.write_json(sweep_dir / "imagenet_c.json", entries)
     return entries
 

@@ -122,6 +122,22 @@ def test_unknown_corruptions_and_severities_are_one_line(overrides, message):
         check_command_line(["dataset=imagenet-c", "dataset.path=/data/c", *overrides])
 
 
+def test_a_cell_the_release_lacks_and_a_corrupt_severity_name_what_there_is(config, tmp_path):
+    """A cell missing from a local release (fog/2 where fog/ holds 1 and 3) is one line
+    naming the severities there, not `datasets`' "doesn't contain any data files"; an
+    on-the-fly severity outside 1..5 names the whole value (fog:6)."""
+    for severity in (1, 3):
+        (tmp_path / "c" / "fog" / str(severity) / "n01440764").mkdir(parents=True)
+        (tmp_path / "c" / "fog" / str(severity) / "n01440764" / "a.JPEG").write_bytes(
+            jpeg(photo(0))
+        )
+    cfg = config("dataset=imagenet-c", f"dataset.path={tmp_path / 'c'}", "dataset.corruption=fog/2")
+    with pytest.raises(UserError, match=r"has no fog/2 \(its fog/ holds severities 1, 3\)"):
+        run.evaluate(cfg, tmp_path / "out")
+    with pytest.raises(UserError, match=r"dataset.corrupt=fog:6; ImageNet-C's severities are 1"):
+        check_command_line(["dataset.corrupt=fog:6"])
+
+
 def test_the_benchmark_sweeps_the_clean_split_and_all_75_cells():
     """+benchmark=imagenet-c sweeps exactly the clean split and the 15 x 5 cells."""
     from omegaconf import OmegaConf

@@ -134,6 +134,8 @@ def test_timm_squash_crop_mode_equals_timms_transform():
         None,  # ConvNeXT's: shorter side to 224 / 0.875, crop 224
         "deit",  # resize 256x256, then crop 224
         "vit",  # squash to 224x224, no crop
+        "mobilenet_v2",  # overrides preprocess for segmentation maps only: generic pixels
+        "beit",  # likewise
     ],
 )
 def test_hf_pixels_equal_the_image_processors(tmp_path, processor):
@@ -146,6 +148,8 @@ def test_hf_pixels_equal_the_image_processors(tmp_path, processor):
             size={"height": 256, "width": 256}, crop_size={"height": 224, "width": 224}
         ),
         "vit": transformers.ViTImageProcessor(size={"height": 224, "width": 224}),
+        "mobilenet_v2": transformers.MobileNetV2ImageProcessor(),  # google/mobilenet_v2_1.0_224's
+        "beit": transformers.BeitImageProcessor(),
     }[processor]
     folder = hf_folder(tmp_path, processor=made)
     loaded = load_model(arch=f"hf:{folder}", weights="pretrained", sha256=None)
@@ -162,6 +166,24 @@ def test_hf_pixels_equal_the_image_processors(tmp_path, processor):
         tensor = torch.from_numpy(np.asarray(noise((256, 259), 2)).copy()).permute(2, 0, 1)
         rounded = F2.center_crop(tensor, [224])
         assert not torch.equal(rounded, ours(loaded, noise((256, 259), 2)))
+
+
+@pytest.mark.parametrize(
+    ("processor", "why"),
+    [
+        (transformers.LevitImageProcessor(), "makes other pixels than its settings"),
+        (transformers.MobileViTImageProcessor(), "makes other pixels"),  # flips to BGR
+        (transformers.EfficientNetImageProcessor(), "cannot process a 500x375 image"),
+    ],
+    ids=["levit-own-resize", "mobilevit-bgr", "efficientnet"],
+)
+def test_processors_whose_pixels_differ_are_refused_by_name(tmp_path, processor, why):
+    """A processor whose pixels our transform does not make (its own resize, channels
+    flipped, its own rescale) is refused on load, naming it, after the probe images."""
+    folder = hf_folder(tmp_path, processor=processor)
+    name = type(processor).__name__
+    with pytest.raises(UserError, match=rf"image processor {name} {why}"):
+        load_model(arch=f"hf:{folder}", weights="pretrained", sha256=None)
 
 
 def test_timm_weights_load_offline_from_the_hub_cache(repo_root, tmp_path):
@@ -256,18 +278,35 @@ def test_a_head_in_another_order_is_mapped_by_name_and_restricted(config, tmp_pa
     assert row["restricted"] and frame["pred"].tolist() == [TENCH] * 6
 
 
+def test_googles_head_is_imagenet_1k_after_its_background_output(tmp_path):
+    """Google's own layout (1001 outputs: 'background', then ILSVRC's long names in
+    ImageNet's order, 'crane' twice among them) is ImageNet-1k's 1000 after the first
+    output: columns 1..1000, in order; a head naming them in another order with an
+    extra output is still read by name."""
+    names = ["background", *labels.imagenet_classes()[1]]
+    columns, how = heads.to_imagenet(names, "a head")
+    assert columns == tuple(range(1, 1001)) and "after 'background'" in how
+    folder = hf_folder(tmp_path, names=names, answer=1 + GOLDFISH)
+    loaded = load_model(arch=f"hf:{folder}", weights="pretrained", sha256=None)
+    with torch.inference_mode():
+        assert int(loaded.model(torch.zeros(1, 3, 224, 224)).argmax()) == GOLDFISH
+
+
 @pytest.mark.parametrize(
     "names, message",
     [
-        ([f"LABEL_{i}" for i in range(10)], r"its 10 outputs \('LABEL_0', .*name 0 of"),
-        (list(labels.imagenet_classes()[0][:999]), r"name 999 of .*missing n15075141"),
+        (
+            [f"LABEL_{i}" for i in range(10)],
+            r"a head has 10 outputs, not ImageNet-1k's 1000: it is",
+        ),
+        (list(labels.imagenet_classes()[0][:999]), r"has 999 outputs, not .*missing n15075141"),
         (
             list(reversed(labels.imagenet_classes()[1])),  # a permutation of ILSVRC's names
             r"name 998 of .*missing n02012849 \(crane\), n03126707 \(crane\); 'crane' names",
         ),
         (
             [*labels.imagenet_classes()[0], "goldfish"],
-            r"outputs 1 \('n01443537'\) and 1000 \('goldfish'\) are both ImageNet class 1",
+            r"has 1001 outputs, not .*outputs 1 \('n01443537'\) and 1000 \('goldfish'\) are",
         ),
     ],
 )
@@ -279,9 +318,12 @@ def test_heads_that_are_not_imagenet_1k_are_refused(names, message):
 
 
 def test_timm_in22k_heads_and_unknown_names_are_refused():
-    """timm's ImageNet-22k head names 999 of the 1000 classes (not teddy): refused; an
-    unknown model or tag names the near ones."""
-    with pytest.raises(UserError, match=r"21843 outputs .* name 999 of .*n04399382 \(teddy\)"):
+    """timm's ImageNet-22k head is refused, saying first that it has 21843 outputs and is
+    not an ImageNet-1k head (not by pointing at two outputs named 'hen'); an unknown model
+    or tag names the near ones."""
+    with pytest.raises(
+        UserError, match=r"head has 21843 outputs, not ImageNet-1k's 1000: it is not"
+    ):
         load_model(arch="timm:vit_tiny_patch16_224.augreg_in21k", weights="none", sha256=None)
     with pytest.raises(UserError, match="did you mean resnet18"):
         load_model(arch="timm:resnt18", weights="none", sha256=None)

@@ -344,3 +344,37 @@ def test_mcnemar_exact_matches_scipy_at_any_count(b, c):
     discordant counts (computed in log space, in milliseconds)."""
     expected = scipy_stats.binomtest(min(b, c), b + c, 0.5).pvalue if b + c else 1.0
     assert stats.mcnemar_exact(b, c) == pytest.approx(expected, rel=1e-9)
+
+
+def test_report_and_summary_replace_only_their_own_files(config, tmp_path, answering):
+    """A report.html, report.json or summary.parquet of the user's own where the pipeline
+    would write one is refused, byte-identical; the pipeline's own are replaced. A job
+    whose folder was refused shows that reason in the sweep table."""
+    from helpers import snapshot, user_files
+
+    from pipeline import summarize
+
+    (run_dir,) = label_runs(config, tmp_path, answering, a=[])
+    for name in ("report.html", "report.json"):
+        user_files(run_dir, {name: b"my own"})
+        with pytest.raises(UserError, match=f"{name} exists and was not written by this"):
+            report.write([run_dir], n_thumbnails=0)
+        assert (run_dir / name).read_bytes() == b"my own"
+        (run_dir / name).unlink()
+    report.write([run_dir], n_thumbnails=0)
+    report.write([run_dir], n_thumbnails=0)  # its own: replaced
+    sweep = tmp_path / "sweep"
+    user_files(sweep, {
+        "multirun.yaml": b"hydra:\n  job:\n    name: pipeline\n  sweeper:\n    params: null\n"
+                         b"  overrides:\n    task: []\n",
+        "summary.parquet": b"my own table",
+        "0/notes.txt": b"mine",
+    })  # fmt: skip
+    before = snapshot(sweep)
+    with pytest.raises(UserError, match=r"summary\.parquet exists and was not written by"):
+        summarize.summarize(sweep)
+    assert snapshot(sweep) == before
+    (sweep / "summary.parquet").unlink()
+    (status,) = summarize.summarize(sweep)["status"]
+    assert status.startswith("failed: ") and "not a run folder of this pipeline" in status
+    summarize.summarize(sweep)  # its own summary: replaced

@@ -107,10 +107,13 @@ def test_cli_runs_the_bundled_sample(repo_root, tmp_path):
     assert len(frame) == 10 and frame["error"].isna().all()
     assert (out / "metrics.parquet").exists() and (out / "run.json").exists()
     assert (out / ".hydra" / "config.yaml").exists() and (out / "pipeline.log").exists()
+    log = (out / "pipeline.log").read_text()  # what ran, and its summary, as printed
+    assert "scoring 10 rows of sample" in log and "top-1" in log and "wrote " in log
 
 
 EARLY = [  # refused from the command line, in about a second, before Hydra writes anything
-    (["dataset=nope"], "dataset=nope is not a config of dataset/; valid: disk, imagefolder"),
+    (["dataset=nope"], "dataset=nope is not a config of dataset/. Valid: disk, imagefolder"),
+    (["+benchmark=imagenet_c"], "config of benchmark/. Did you mean 'imagenet-c'? Valid: imag"),
     (["dataset=imagenet_val"], "Did you mean 'imagenet-val'?"),
     (["batchsize=8"], "Did you mean 'batch_size'"),
     (["+batchsize=8"], "Unknown config key 'batchsize'. Did you mean 'batch_size'?"),
@@ -122,13 +125,19 @@ EARLY = [  # refused from the command line, in about a second, before Hydra writ
     (["dataset=imagefolder"], "dataset.path is required here: add dataset.path=..."),
     (["dataset=disk"], "dataset.path is required here"),
     (["-m", "batch_size=4,abc"], "batch_size=abc; it must be an integer"),
+    (["model=timm", "model.name=null"], "model=timm needs the model's name: model.name=NAME"),
+    (["model=hf", "model.name=null"], "model=hf needs the model's name"),
+    (["dataset.corrupt=fog:6"], "dataset.corrupt=fog:6; ImageNet-C's severities are 1..5"),
 ]
 LATER = [  # found once the run has started
     (["device=cuda:0"], "CUDA is not available"),
     (["model.weights=/no/such.pth"], "neither a weights name"),
     (["dataset.image_column=img"], "columns present: image, label, id"),
     (["streams=0"], "valid: auto or a count"),
-]
+    (["model=timm", "model.name=resnet18", "model.weights=/no/such.pth"],
+     "is neither a weights name (pretrained, none) nor an existing file"),
+    (["model.arch=hf:/no/such/folder"], "model.arch=hf:/no/such/folder: no such folder"),
+]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -208,3 +217,87 @@ def test_cli_an_unwritable_output_folder_is_one_line(repo_root, unwritable):
         assert proc.returncode == 2, proc.stderr
         assert "Cannot write to output folder" in proc.stderr and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def _foreign_run_folder(folder) -> None:
+    """Another Hydra app's run folder: its .hydra/ (job name 'train') and its log."""
+    user_files(folder, {
+        ".hydra/config.yaml": b"lr: 0.1\n",
+        ".hydra/hydra.yaml": b"hydra:\n  job:\n    name: train\n",
+        "train.log": b"epoch 1\n",
+    })  # fmt: skip
+
+
+@pytest.mark.slow
+def test_hydras_own_config_flags_get_every_check(repo_root, tmp_path):
+    """With a user's own configs (--config-dir, --config-name) every up-front check still
+    runs: a value of the wrong type, another Hydra app's run folder (its .hydra/ left
+    byte-identical) and an unwritable folder are each one line, exit 2, nothing written."""
+    conf = tmp_path / "conf"
+    user_files(conf, {
+        "dataset/mine.yaml": b"path: parquet\ndata_files: x.parquet\n",
+        "exp.yaml": b"defaults:\n  - config\n  - _self_\nbatch_size: abc\n",
+    })  # fmt: skip
+    other = tmp_path / "other-app-run"
+    _foreign_run_folder(other)
+    before = snapshot(other)
+    (tmp_path / "file").write_text("in the way")
+    out = tmp_path / "out"
+    cases = [
+        (["-cd", str(conf), "dataset=mine", "batch_size=abc", f"hydra.run.dir={out}"],
+         "batch_size=abc; it must be an integer"),
+        (["-cd", str(conf), "--config-name", "exp", f"hydra.run.dir={out}"],
+         "batch_size=abc; it must be an integer"),
+        (["-cd", str(conf), f"output_dir={other}"], "not a run folder of this pipeline"),
+        ([f"--config-dir={conf}", f"output_dir={tmp_path}/file/run"],
+         "Cannot write to output folder"),
+    ]  # fmt: skip
+    for args, message in cases:
+        proc = run_cli([*args, "model.weights=none"], cwd=tmp_path)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert message in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert snapshot(other) == before and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conf", "file", "other-app-run"]
+
+
+@pytest.mark.slow
+def test_a_sweep_into_a_users_folder_is_refused_before_writing(repo_root, tmp_path):
+    """hydra.sweep.dir naming a folder of the user's own files (a summary.parquet among
+    them) is refused in one line before Hydra writes 0/, 1/ or multirun.yaml there."""
+    mine = tmp_path / "mine"
+    user_files(mine, {"summary.parquet": b"mine", "notes.txt": b"x"})
+    before = snapshot(mine)
+    args = ["-m", "model.weights=none", "batch_size=2,4", f"hydra.sweep.dir={mine}"]
+    proc = run_cli(args, cwd=repo_root)
+    assert proc.returncode == 2, proc.stderr
+    assert "not a sweep folder of this pipeline (no multirun.yaml): it holds notes.txt, " in (
+        proc.stderr
+    )
+    assert snapshot(mine) == before
+
+
+@pytest.mark.slow
+def test_a_missing_extra_is_one_line_and_leaves_no_folder(repo_root, tmp_path):
+    """model=timm where timm is not installed: the one line naming the extra, from the
+    command-line check, before Hydra makes the run's outputs/<date>/<time>/ folder."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['timm'] = None  # as if never installed\n"
+    )
+    proc = run_cli(
+        ["model=timm", "model.name=resnet18"], cwd=tmp_path, PYTHONPATH=str(tmp_path / "site")
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "needs timm, which is not installed: pip install 'alexnet-eval[timm]'" in proc.stderr
+    assert not (tmp_path / "outputs").exists() and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_timm_says_nothing_of_its_own_before_an_offline_error(repo_root, tmp_path):
+    """model=timm offline, its weights not cached: the one error line, and no INFO line of
+    timm's before it."""
+    proc = run_cli(["model=timm", "model.name=resnet18", f"output_dir={tmp_path}/o"], cwd=repo_root)
+    assert proc.returncode == 2, proc.stderr
+    assert "not in the Hugging Face cache" in proc.stderr and "timm.models" not in proc.stderr
+    assert len((proc.stdout + proc.stderr).strip().splitlines()) == 1, proc.stderr

@@ -343,8 +343,11 @@ def test_a_merge_killed_at_any_moment_is_finished_by_running_it_again(
     assert final.returncode == 0, final.stderr
     assert_same_predictions(target / rundir.PREDICTIONS, big_whole)
     assert pd.read_parquet(target / rundir.METRICS)["n_images"].iloc[0] == N_BIG
+    record = (target / rundir.RUN_FILE).stat().st_mtime_ns
     again = subprocess.run(merge, cwd=repo_root, capture_output=True, text=True)
     assert again.returncode == 0 and "already holds this merge" in again.stdout
+    assert "merged" not in again.stdout  # only the one line, and run.json not written again
+    assert (target / rundir.RUN_FILE).stat().st_mtime_ns == record
     print("merge kills:", seen)
 
 
