@@ -213,12 +213,23 @@ def check_sweep_claim(path: Path) -> None:
                 f"hydra.sweep.dir"
             )
         return
-    found = sorted(os.listdir(path))
-    if found:
+    foreign = sorted(e for e in os.listdir(path) if not _our_job_folder(path / e))
+    if foreign:
         raise UserError(
             f"{path} is not empty and not a sweep folder of this pipeline (no {SWEEP_FILE}): "
-            f"it holds {_listing(found)}; use a new or empty hydra.sweep.dir"
+            f"it holds {_listing(foreign)}; use a new or empty hydra.sweep.dir"
         )
+
+
+def _our_job_folder(path: Path) -> bool:
+    """A job's folder of a sweep whose multirun.yaml is gone: numbered, and ours to write."""
+    if not (path.name.isdigit() and path.is_dir()):
+        return False
+    try:
+        check_claim(path)
+    except UserError:
+        return False
+    return True
 
 
 def check_ours(path: Path, proof: Callable[[Path], bool]) -> None:

@@ -346,7 +346,7 @@ def test_a_merge_killed_at_any_moment_is_finished_by_running_it_again(
     record = (target / rundir.RUN_FILE).stat().st_mtime_ns
     again = subprocess.run(merge, cwd=repo_root, capture_output=True, text=True)
     assert again.returncode == 0 and "already holds this merge" in again.stdout
-    assert "merged" not in again.stdout  # only the one line, and run.json not written again
+    assert again.stdout.count("\n") == 1  # the one line, and run.json not written again
     assert (target / rundir.RUN_FILE).stat().st_mtime_ns == record
     print("merge kills:", seen)
 
@@ -413,19 +413,22 @@ def test_a_shard_sweep_merges_itself_and_a_rerun_finishes_the_missing_shard(
     repo_root, tmp_path, big_args, big_whole
 ):
     """`-m shard.index=0,1,2 shard.count=3` ends with SWEEP/merged, equal to one run over
-    the split. With one shard refused (its folder holds a file of the user's), the sweep
+    the split. With one shard refused (its folder holds a run of other settings), the sweep
     names it and exits 1; rerun into the same sweep folder, only that shard is scored and
-    the merge follows."""
+    the merge follows. (A user's own file there refuses the whole sweep folder up front:
+    test_run's test_a_sweep_into_a_users_folder_is_refused_before_writing.)"""
+    import shutil
+
+    other = uninterrupted([*big_args, "limit=10"], tmp_path / "other")
     sweep = tmp_path / "sweep"
-    mine = sweep / "1" / "notes.txt"
-    mine.parent.mkdir(parents=True)
-    mine.write_text("mine")
+    (sweep / "1").mkdir(parents=True)
+    shutil.copy(other.parent / rundir.RUN_FILE, sweep / "1" / rundir.RUN_FILE)
     args = ["-m", *big_args, "shard.index=0,1,2", "shard.count=3", f"hydra.sweep.dir={sweep}"]
     first = run_cli(args, cwd=repo_root)
     assert first.returncode == 1, first.stderr[-3000:]
     assert "shards 1 (job 1) did not finish" in first.stdout and not (sweep / "merged").exists()
     assert f"rerun the sweep with hydra.sweep.dir={sweep}" in first.stdout
-    mine.unlink()
+    shutil.rmtree(sweep / "1")
     again = run_cli(args, cwd=repo_root)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already complete" in again.stdout and "merged 3 shards" in again.stdout

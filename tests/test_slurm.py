@@ -8,6 +8,8 @@ launcher (or sbatch), signalled by Slurm, requeued by submitit.
 
 from __future__ import annotations
 
+import math
+import os
 import re
 import shutil
 import subprocess
@@ -128,12 +130,31 @@ def requeue_watch(proc: subprocess.Popen, deadline: float) -> list[str]:
 # With timeout_min=1 and 30 s that was the first check after the start, which came 2 s
 # after the start in one run of 2 here: before submitit had installed its handler (about
 # 3 s after the start), so SIGUSR2 killed the job. With 2 minutes and 45 s the warning
-# comes 45 to 75 s after the start (15 s at the very earliest, by the manual). Tasks are
-# bound to their CPUs (cluster.sh): on one core a task scored 131-136 images/s here, so
-# an attempt of 2 tasks scores at most ~20,000 rows, and 47,872 rows take at least 3
-# attempts even on cores 20% faster.
+# comes 45 to 75 s after the start (15 s at the very earliest, by the manual).
+#
+# How many rows an attempt scores depends on the machine: 131-136 images/s on one core of
+# this EPYC, about 45 on a busy AVX2-only one, where a fixed 47,872 rows needed 11
+# attempts. So the split is sized from this machine's rate, measured first on one bound
+# core as Slurm binds each task (cluster.sh): at most 2 tasks x 75 s a try, and the split
+# REQUEUE_TRIES times that, so at least 3 attempts even at 1.25x the measured rate; the
+# requeues allowed and the watch are set by time, not by an assumed speed.
 PERIOD = 17 * 32  # the split repeats every 544 rows: 17 images, labels of period 544
-REQUEUE_ROWS = PERIOD * 88
+LATEST_WARNING_S, REQUEUE_TRIES = 75, 2.5
+WATCH_S = 1800  # the launcher's wait: ~80 s an attempt; a machine slowing down gets more
+
+
+def requeue_rows(args: list[str], repo_root: Path, tmp_path: Path) -> int:
+    """The split's size for the time-limit test: this machine's one-core rate (a bound
+    process scoring two periods), times 2 tasks, the latest warning and REQUEUE_TRIES, in
+    whole periods."""
+    out = tmp_path / "rate"
+    command = [sys.executable, "-m", "pipeline", *args, f"limit={2 * PERIOD}", f"output_dir={out}"]
+    core = min(os.sched_getaffinity(0))
+    subprocess.run(command, cwd=repo_root, check=True, capture_output=True,
+                   preexec_fn=lambda: os.sched_setaffinity(0, {core}))  # fmt: skip
+    rate = float(pd.read_parquet(out / rundir.METRICS)["images_per_sec"].iloc[0])
+    most = 2 * rate * LATEST_WARNING_S  # rows two tasks can score before the warning
+    return PERIOD * math.ceil(REQUEUE_TRIES * most / PERIOD)
 
 
 def periodic_split(path: Path, n: int) -> Path:
@@ -161,13 +182,18 @@ def repeated(one_period: Path, n: int, out: Path) -> Path:
 
 @pytest.mark.slow
 def test_a_time_limit_requeues_a_two_task_job_and_it_resumes(repo_root, tmp_path_factory, tmp_path):
-    """timeout_min=2, signal_delay_s=45, two tasks: Slurm warns every task with SIGUSR2,
-    every rank commits what it scored, rank 0 hands the signal to submitit, which requeues
-    the job, again and again; the finished predictions equal an uninterrupted run's, row
-    for row, and no row was scored twice."""
-    n = REQUEUE_ROWS
-    split = periodic_split(tmp_path_factory.getbasetemp() / "slurm-periodic.parquet", n)
-    args = [*split_args(split), "batch_size=32", "num_workers=0", "commit_rows=256"]
+    """timeout_min=2, signal_delay_s=45, two tasks, a split sized from this machine's rate:
+    Slurm warns every task with SIGUSR2, every rank commits what it scored, rank 0 hands
+    the signal to submitit, which requeues the job, again and again (at least 3 attempts);
+    the finished predictions equal an uninterrupted run's, row for row, and no row was
+    scored twice."""
+    probe = periodic_split(
+        tmp_path_factory.getbasetemp() / "slurm-periodic-probe.parquet", 2 * PERIOD
+    )
+    settings = ["batch_size=32", "num_workers=0", "commit_rows=256"]
+    n = requeue_rows([*split_args(probe), *settings], repo_root, tmp_path)
+    split = periodic_split(tmp_path_factory.getbasetemp() / f"slurm-periodic-{n}.parquet", n)
+    args = [*split_args(split), *settings]
     period = uninterrupted([*args, f"limit={PERIOD}"], tmp_path / "one-period")
     sweep = tmp_path / "sweep"
     t0 = time.time()
@@ -183,14 +209,14 @@ def test_a_time_limit_requeues_a_two_task_job_and_it_resumes(repo_root, tmp_path
             f"hydra.sweep.dir={sweep}",
             "hydra.launcher.timeout_min=2",
             "hydra.launcher.signal_delay_s=45",
-            "hydra.launcher.max_num_timeout=10",
+            f"hydra.launcher.max_num_timeout={WATCH_S // 60}",  # requeues: the watch decides
         ],
         cwd=repo_root,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    bumped = requeue_watch(proc, time.time() + 900)
+    bumped = requeue_watch(proc, time.time() + WATCH_S)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr[-3000:]
     job = sweep / "0"
