@@ -367,8 +367,9 @@ def split_names_of(files: Sequence[str], *, file_names: bool) -> dict[str, str]:
     """Each file's path as the split search reads it: for an image, only the parts of its
     path that can name a split. The folders above its own folder can; its own folder can
     only where every folder beside it is a split word too (`train/`, `test/`: a class
-    named `train`, or `bullet_train`, is a class); its file name at the top, or with
-    `file_names`. Everything else reads as `x`, which names no split."""
+    named `train`, or `bullet_train`, is a class); its file name only with `file_names`
+    (the second reading, kept only where it puts every image in a split). Everything
+    else reads as `x`, which names no split."""
     import datasets.data_files as df
 
     words = {w for keywords in df.SPLIT_KEYWORDS.values() for w in keywords}
@@ -383,7 +384,7 @@ def split_names_of(files: Sequence[str], *, file_names: bool) -> dict[str, str]:
         parts = f.split("/")
         if _is_image(f):
             ext = os.path.splitext(parts[-1])[1]
-            parts[-1] = parts[-1] if len(parts) == 1 or file_names else f"x{ext}"
+            parts[-1] = parts[-1] if file_names else f"x{ext}"
             if len(parts) > 1 and "/".join(parts[:-2]) not in split_levels:
                 parts[-2] = "x"
         named[f] = "/".join(parts)

@@ -260,8 +260,9 @@ def _tree(root, names: list[str]) -> None:
         ],
         ["bullet_train/1.jpg", "tench/2.jpg", "goldfish/3.jpg"],  # class-name folders
         ["train/1.jpg", "apple/2.jpg", "pear/3.jpg"],  # a class named train (CIFAR-100's)
+        ["n01440764_tench.JPEG", "n02917067_bullet_train.JPEG", "x.JPEG"],  # flat
     ],
-    ids=["file-name", "class-folder", "class-named-train"],
+    ids=["file-name", "class-folder", "class-named-train", "flat-file-name"],
 )
 def test_a_split_word_in_a_class_folder_or_its_files_is_no_split(tmp_path, names):
     """A split word in an image's file name inside a class folder, or in a class folder's
@@ -279,8 +280,9 @@ def test_split_words_that_name_every_image_still_split(tmp_path):
     _tree(tmp_path / "a", ["val/n01/1.jpg", "train/n01/2.jpg", "train/n02/3.jpg"])
     _tree(tmp_path / "b", ["train/1.jpg", "test/2.jpg"])
     _tree(tmp_path / "c", ["n01/ILSVRC2012_val_00000001.JPEG", "n02/ILSVRC2012_val_00000002.JPEG"])
+    _tree(tmp_path / "d", ["train_1.jpg", "test_1.jpg"])
     for name, expected in (("a", {"train": 2, "validation": 1}), ("b", {"train": 1, "test": 1}),
-                           ("c", {"validation": 2})):  # fmt: skip
+                           ("c", {"validation": 2}), ("d", {"train": 1, "test": 1})):  # fmt: skip
         found = splits._folder_files(str(tmp_path / name))
         assert {k: len(v) for k, v in found.items()} == expected
 
