@@ -97,7 +97,7 @@ def preflight(device: str, work: Path) -> tuple[list[str], bool]:
 
 
 def _write_images(args: tuple[Path, list[int], int]) -> None:
-    from pipeline.labels import imagenet_classes
+    from pipeline.data.imagenet import imagenet_classes
     from pipeline.sample import corpus
 
     folder, indices, seed = args
@@ -384,9 +384,9 @@ def decode_per_worker(corpus: Path, backend: str, count: int = 300) -> float:
     import torch
     from torchvision.models import AlexNet_Weights
 
-    from pipeline.config import Backend
-    from pipeline.images import Roots
-    from pipeline.transforms import Preprocess
+    from pipeline.choices import Backend
+    from pipeline.data.images import Roots
+    from pipeline.data.transforms import Preprocess
 
     pre = Preprocess.from_transforms(AlexNet_Weights.IMAGENET1K_V1.transforms(), Backend(backend))
     raws = [f.read_bytes() for f in sorted(corpus.glob("*/*.JPEG"))[:count]]

@@ -43,7 +43,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from pipeline import corrupt, imagenet_c
+    from pipeline.data import corrupt, imagenet_c
 
     _, library = corrupt.library()
     files = [photo(i) for i in range(args.crops)]

@@ -18,11 +18,18 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.runs.plan import RunPlan
 
 
-def fake_run(folder: Path, rows: int, seed: int) -> Path:
-    """A finished run folder: predictions with plausible top-5s, metrics, run.json."""
-    from pipeline import labels, metrics, predictions, rundir
+def fake_run(folder: Path, rows: int, seed: int, template: RunPlan) -> Path:
+    """A finished run folder: predictions with plausible top-5s, metrics, run.json (the
+    plan of a real tiny run, its rows changed to these)."""
+    from pipeline.data.imagenet import categories
+    from pipeline.runs import claims, metrics, predictions
+    from pipeline.runs.durable import write_json
+    from pipeline.runs.folder import write_metrics
 
     label = np.random.default_rng(0).integers(0, 1000, rows)  # the same images: same labels
     rng = np.random.default_rng(seed)
@@ -30,7 +37,7 @@ def fake_run(folder: Path, rows: int, seed: int) -> Path:
     topk = rng.integers(0, 1000, (rows, 5))
     topk[right, 0] = label[right]
     probs = np.sort(rng.dirichlet(np.ones(8), rows)[:, :5].astype(np.float32), axis=1)[:, ::-1]
-    names = pa.array(labels.categories())
+    names = pa.array(categories())
     table = pa.table(
         {
             "index": np.arange(rows),
@@ -48,18 +55,23 @@ def fake_run(folder: Path, rows: int, seed: int) -> Path:
         schema=predictions.schema(),
     )
     folder.mkdir(parents=True)
-    (folder / rundir.PREDICTIONS).write_bytes(b"")
-    import pyarrow.parquet as pq
-
-    pq.write_table(table, folder / rundir.PREDICTIONS)
-    plan = {"dataset_path": "ILSVRC/imagenet-1k", "split": "validation", "rows": [0, rows]}
-    record = {"results": plan | {"categories": labels.categories()}, "runtime": {}}
-    rundir.write_json(folder / rundir.RUN_FILE, record)
-    row = metrics.accuracy(str(folder / rundir.PREDICTIONS)) | plan | {
-        "model": "alexnet", "weights": "none", "label_space": "imagenet-1k", "restricted": False,
-    }  # fmt: skip
-    rundir.write_metrics(folder / rundir.METRICS, row)
+    pq.write_table(table, folder / claims.PREDICTIONS)
+    plan = template.changed(dataset_rows=rows, rows=(0, rows), dataset_fingerprint=None)
+    write_json(folder / claims.RUN_FILE, plan.record())
+    write_metrics(
+        folder / claims.METRICS, metrics.row(plan, metrics.accuracy(folder / claims.PREDICTIONS))
+    )
     return folder
+
+
+def template_plan(folder: Path) -> RunPlan:
+    """The plan of a real run of the bundled sample (random weights)."""
+    from pipeline import run
+    from pipeline.cli import compose
+    from pipeline.runs import claims
+
+    run.evaluate(compose("model.weights=none", "progress=false", "device=cpu"), folder)
+    return claims.read_plan(folder)
 
 
 def seconds(command: list[str], repeat: int) -> float:
@@ -78,8 +90,9 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        a = fake_run(Path(tmp) / "a", args.rows, 0)
-        b = fake_run(Path(tmp) / "b", args.rows, 1)
+        template = template_plan(Path(tmp) / "sample")
+        a = fake_run(Path(tmp) / "a", args.rows, 0, template)
+        b = fake_run(Path(tmp) / "b", args.rows, 1, template)
         report = [sys.executable, "-m", "pipeline.report", "--thumbnails", "0"]
         torchvision = seconds([sys.executable, "-c", "import torchvision"], args.repeat)
         print(f"import torchvision alone (whole process): {torchvision:.2f} s")

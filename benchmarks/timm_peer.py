@@ -61,7 +61,7 @@ def main() -> None:
     import timm
     import torch
 
-    from pipeline.labels import imagenet_classes
+    from pipeline.data.imagenet import imagenet_classes
 
     repo = args.timm_repo
     commit = subprocess.run(

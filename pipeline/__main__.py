@@ -88,10 +88,11 @@ def _job(dcfg: Any) -> None:
     from hydra.types import RunMode
     from omegaconf.errors import OmegaConfBaseException
 
-    from pipeline import distributed, rundir
+    from pipeline import distributed
     from pipeline.config import typed
     from pipeline.errors import UserError
     from pipeline.run import evaluate
+    from pipeline.runs.claims import FolderBusy
 
     hydra_cfg = HydraConfig.get()
     out_dir = Path(dcfg.get("output_dir") or hydra_cfg.runtime.output_dir)
@@ -108,7 +109,7 @@ def _job(dcfg: Any) -> None:
             e.hand_over()  # on Slurm, submitit requeues the job here (and exits)
         sys.exit(e.exit_code)  # a stop ends a sweep too
     except UserError as e:
-        fail(out_dir, str(e), busy=isinstance(e, rundir.FolderBusy))
+        fail(out_dir, str(e), busy=isinstance(e, FolderBusy))
         if not in_sweep:
             sys.exit(e.exit_code)
     except Exception as e:  # a bug: recorded, and its traceback kept for us
@@ -123,12 +124,13 @@ def _job(dcfg: Any) -> None:
 def fail(out_dir: Path, message: str, *, busy: bool = False) -> None:
     """One line for the user; the reason in the run folder for pipeline.summarize (only by
     rank 0, and never into a folder another run holds)."""
-    from pipeline import distributed, rundir
+    from pipeline import distributed
+    from pipeline.runs.claims import record_error
 
     first = message.strip().splitlines()[0] if message.strip() else message
     print(f"error: {first}", file=sys.stderr)
     if not busy and distributed.launch().rank == 0:
-        rundir.record_error(out_dir, first)
+        record_error(out_dir, first)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from pipeline.config import CONF_DIR, GROUPS, Config, check_values, register, schema_keys, typed
+from pipeline import resolve
+from pipeline.config import CONF_DIR, GROUPS, Config, register, schema_keys, typed
 from pipeline.errors import UserError, installed
 
 LAUNCHER_EXTRAS = {"slurm": "slurm", "submitit_slurm": "slurm", "submitit_local": "slurm"}
@@ -113,7 +114,7 @@ def check_command_line(argv: Sequence[str]) -> None:
     _check_keys(overrides, primary)
     with primary.hydra() as hydra:
         for job in _jobs(overrides, multirun=args.multirun):
-            check_values(_compose_checked(hydra, primary.name, job)[0])
+            resolve.request(_compose_checked(hydra, primary.name, job)[0])
         if args.cfg is not None:
             return
         mode = RunMode.MULTIRUN if args.multirun else RunMode.RUN
@@ -292,12 +293,12 @@ def _check_folder(hydra_node: Any, mode: Any) -> None:
     sweeps: checked before Hydra writes into either."""
     from hydra.types import RunMode
 
-    from pipeline import rundir
+    from pipeline.runs import claims, durable
 
     if mode == RunMode.MULTIRUN:
         folder = Path(str(hydra_node.sweep.dir))
-        rundir.check_sweep_claim(folder)
+        claims.check_sweep_claim(folder)
     else:
         folder = Path(str(hydra_node.run.dir))
-        rundir.check_claim(folder)
-    rundir.check_can_write(folder)
+        claims.check_claim(folder)
+    durable.check_can_write(folder)

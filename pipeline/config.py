@@ -2,14 +2,13 @@
 
 The YAML files under conf/ fill these dataclasses; because the schema is
 structured, a mistyped key or a value of the wrong type fails when Hydra
-composes the config. Stages never see this module's objects: the entry point
-turns them into keyword arguments.
+composes the config. Only the entry points and resolve.py read it: the stages receive
+the typed Request (request.py) that resolve.py makes of it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from enum import Enum
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -17,58 +16,12 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from pipeline.errors import UserError, require
+from pipeline.choices import Amp, Backend, Interpolation, OnError, Protocol
 
 # Hydra's config folder: the top-level conf/ of a source checkout (the one source of truth),
 # which the wheel ships inside the package (pyproject.toml's package-dir)
 _HERE = Path(__file__).resolve().parent
 CONF_DIR = _HERE / "conf" if (_HERE / "conf").is_dir() else _HERE.parent / "conf"
-
-
-class Amp(str, Enum):
-    auto = "auto"
-    off = "off"
-    fp16 = "fp16"
-    bf16 = "bf16"
-
-
-class Protocol(str, Enum):
-    standard = "standard"  # the model's eval transform: resize, then center crop
-    crop = "crop"  # center crop only: images stored at the crop size (ImageNet-C)
-
-
-class Interpolation(str, Enum):  # model.interpolation: torchvision's InterpolationMode values
-    bilinear = "bilinear"
-    bicubic = "bicubic"
-    nearest = "nearest"
-
-
-LIBRARIES = ("torchvision", "timm", "hf")  # where model.arch's model comes from
-
-
-def split_arch(arch: str) -> tuple[str, str]:
-    """model.arch -> (library, name): `timm:NAME`, `hf:HUB_ID_OR_FOLDER`, or torchvision's
-    NAME (also `torchvision:NAME`)."""
-    library, colon, name = arch.partition(":")
-    if not colon:
-        return "torchvision", arch
-    if library not in LIBRARIES or not name:
-        raise UserError(
-            f"model.arch={arch}: name a torchvision classifier (alexnet), or prefix the "
-            f"library: timm:NAME or hf:HUB_ID_OR_FOLDER"
-        )
-    return library, name
-
-
-class Backend(str, Enum):
-    pil = "pil"  # decode + resize with PIL: the reference pixels, bit for bit
-    tensor = "tensor"  # decode + resize on uint8 tensors: faster, within 1 level
-    device = "device"  # JPEGs decoded on the model's device in batches (nvJPEG on CUDA)
-
-
-# record: an undecodable image gets a row with `error` set; raise: stop at the first.
-# Functional form because `raise` is a keyword, and OmegaConf matches member names.
-OnError = Enum("OnError", {"record": "record", "raise": "raise"}, type=str)
 
 
 @dataclass
@@ -202,83 +155,3 @@ def typed(cfg: Any) -> Config:
 def plain(value: Any) -> Any:
     """OmegaConf containers -> plain lists/dicts, as `datasets` and JSON expect."""
     return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-
-
-def check_values(cfg: Config) -> None:
-    """Values the types allow but the run cannot use."""
-    for key, value in (
-        ("batch_size", cfg.batch_size),
-        ("commit_rows", cfg.commit_rows),
-        ("shard.count", cfg.shard.count),
-    ):
-        if value < 1:
-            raise UserError(f"{key}={value}; it must be 1 or more")
-    if cfg.limit is not None and cfg.limit < 1:
-        raise UserError(
-            f"limit={cfg.limit} scores nothing; use a count of 1 or more, or null for all"
-        )
-    if cfg.output_dir == "":
-        raise UserError("output_dir= is empty: name the run folder, or leave it unset")
-    check_model(cfg.model)
-    check_corruptions(cfg)
-    check_extras(cfg)
-
-
-EXTRAS = {"timm": ("timm", "timm"), "hf": ("transformers", "hf")}  # library: module, extra
-
-
-def check_extras(cfg: Config) -> None:
-    """The optional extras this run needs are installed (before any folder is made)."""
-    library = split_arch(cfg.model.arch)[0]
-    if library in EXTRAS:
-        require(*EXTRAS[library], f"model.arch={cfg.model.arch}")
-    if cfg.dataset.corrupt not in (None, "none"):
-        require("imagecorruptions", "corrupt", "dataset.corrupt")
-
-
-def check_model(m: ModelConfig) -> None:
-    """What the model's library can take (before anything heavy is imported)."""
-    library, name = split_arch(m.arch)
-    if library != "torchvision" and m.name is None and name in ("", "None"):
-        raise UserError(
-            f"model={library} needs the model's name: model.name=NAME (e.g. "
-            f"{EXAMPLES.get(library, 'NAME')})"
-        )
-    if m.name is not None and m.name != name:
-        raise UserError(
-            f"model.name={m.name} is read by model=timm and model=hf (their arch is "
-            f"LIBRARY:NAME), but model.arch={m.arch}: set one of them"
-        )
-    if m.preprocess is not None and library != "torchvision":
-        raise UserError(
-            f"model.preprocess names torchvision weights; {library} models bring their own "
-            f"(override it with model.resize, model.crop, model.interpolation)"
-        )
-    for key, value in (("model.resize", m.resize), ("model.crop", m.crop)):
-        if value is not None and value < 1:
-            raise UserError(f"{key}={value}; it must be 1 or more, or null for the model's own")
-
-
-EXAMPLES = {"timm": "resnet50.a1_in1k", "hf": "microsoft/resnet-50"}  # model.name's, per library
-
-
-def check_corruptions(cfg: Config) -> None:
-    """ImageNet-C's cell (from the release) or an on-the-fly corruption, not both; names and
-    severities that exist; on-the-fly corruption happens in the workers' crops."""
-    from pipeline import imagenet_c
-
-    d = cfg.dataset
-    if d.corruption is not None and d.corrupt is not None:
-        raise UserError(
-            "dataset.corruption reads ImageNet-C's release, dataset.corrupt makes the "
-            "corruption on the fly: give one of them"
-        )
-    if d.corruption is not None:
-        imagenet_c.cell(d.corruption, d.severity)
-    if d.corrupt is not None:
-        imagenet_c.on_the_fly(d.corrupt)
-        if cfg.backend is Backend.device:
-            raise UserError(
-                "dataset.corrupt corrupts the crops in the workers; backend=device decodes on "
-                "the device: use backend=pil or backend=tensor"
-            )

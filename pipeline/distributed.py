@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from pipeline.config import Config
 from pipeline.errors import UserError
-from pipeline.plan import covered_rows
+from pipeline.request import Rows
+from pipeline.runs.plan import covered_rows
 from pipeline.settings import resolve_device
 
 T = TypeVar("T")
@@ -164,13 +164,13 @@ def shard_rows(n: int, index: int, count: int) -> tuple[int, int]:
     return n * index // count, n * (index + 1) // count
 
 
-def plan_rows(num_rows: int | None, cfg: Config, world: int) -> tuple[int, int | None]:
+def plan_rows(num_rows: int | None, rows: Rows, world: int) -> tuple[int, int | None]:
     """The rows of the (limited) split this run folder covers: all of them, or a shard's."""
     if num_rows is None:  # streaming: the length is unknown until the stream ends
-        if cfg.shard.count > 1 or world > 1:
+        if rows.shard_count > 1 or world > 1:
             raise UserError("Streaming splits cannot be sharded; set dataset.streaming=false")
-        return 0, cfg.limit
-    return shard_rows(covered_rows(num_rows, cfg.limit), cfg.shard.index, cfg.shard.count)
+        return 0, rows.limit
+    return shard_rows(covered_rows(num_rows, rows.limit), rows.shard_index, rows.shard_count)
 
 
 def share(todo: list[tuple[int, int | None]], group: Group) -> list[tuple[int, int | None]]:

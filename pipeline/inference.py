@@ -23,26 +23,24 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline import predictions
-from pipeline.config import OnError
+from pipeline.choices import OnError
+from pipeline.data.loader import Batch
+from pipeline.data.transforms import Preprocess
 from pipeline.errors import UserError
-from pipeline.transforms import Preprocess
+from pipeline.runs import predictions
+from pipeline.runs.plan import RuntimePlan
 
 _thread = threading.local()
 TOPK = 5
 
 
 def score(
-    batches: Iterable[dict[str, Any]],
+    batches: Iterable[Batch],
     writer: predictions.PredictionWriter,
     net: torch.nn.Module,
     preprocess: Preprocess,
+    runtime: RuntimePlan,
     *,
-    device: torch.device,
-    amp: torch.dtype | None,
-    streams: int,
-    on_error: OnError,  # type: ignore[valid-type]
-    channels_last: bool,
     progress: tqdm,
     mask: torch.Tensor | None = None,
     should_stop: Callable[[], bool] = lambda: False,
@@ -54,10 +52,11 @@ def score(
     exception (a dead worker, a bad image with on_error=raise, OOM) the batches already
     scored are landed first, so the resume starts after them.
     """
+    device, amp, streams = torch.device(runtime.device), runtime.amp_dtype, runtime.streams
     dtype = amp if amp and device.type == "cuda" else torch.float32  # normalize in AMP dtype
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
     mask = None if mask is None else mask.to(device)
-    loop = Landing(writer, progress, device=device, on_error=on_error, slots=streams + 1)
+    loop = Landing(writer, progress, device=device, on_error=runtime.on_error, slots=streams + 1)
     with Streams(streams, device, amp) as pool, progress:
         try:
             for batch in batches:
@@ -142,7 +141,7 @@ class Landing:
     ) -> None:
         self.writer, self.progress, self.device, self.on_error = writer, progress, device, on_error
         self.buffers: list[torch.Tensor | None] = [None] * slots
-        self.inflight: deque[tuple[int, dict[str, Any], Future]] = deque()
+        self.inflight: deque[tuple[int, Batch, Future]] = deque()
         self.started = self.scored = 0
 
     @property
@@ -153,7 +152,7 @@ class Landing:
         """The input buffer of the next slot (its previous batch has landed)."""
         return self.buffers[self.started % len(self.buffers)]
 
-    def start(self, batch: dict[str, Any], future: Future) -> None:
+    def start(self, batch: Batch, future: Future) -> None:
         self.inflight.append((self.started % len(self.buffers), batch, future))
         self.started += 1
 
@@ -166,12 +165,12 @@ class Landing:
             check_decoded(batch, self.on_error)  # in row order: backend=device decodes late
         except torch.OutOfMemoryError:
             self.inflight.clear()
-            raise OutOfMemory(self.device, len(batch["index"])) from None
+            raise OutOfMemory(self.device, len(batch.index)) from None
         except BaseException:
             self.inflight.clear()
             raise
         self.writer.add(scored(batch, *outputs))
-        self.progress.update(len(batch["index"]))
+        self.progress.update(len(batch.index))
         self.scored += len(outputs[0])
 
     def land_all(self) -> None:
@@ -187,20 +186,20 @@ class Landing:
                 self.land_oldest()
 
 
-def scored(batch: dict[str, Any], ids: torch.Tensor, probs: torch.Tensor) -> predictions.Scored:
+def scored(batch: Batch, ids: torch.Tensor, probs: torch.Tensor) -> predictions.Scored:
     """A landed batch as the writer takes it: every row's metadata, the outputs of the rows
     that were scored, copied off the device's (and the stream's) memory."""
     ids_np, probs_np = (t.cpu().numpy().copy() for t in (ids, probs))
-    ok = batch["ok"].numpy().copy()
-    labels = [x for x, good in zip(batch["label"], ok, strict=True) if good]
+    ok = batch.ok.numpy().copy()
+    labels = [x for x, good in zip(batch.label, ok, strict=True) if good]
     label_ids = torch.tensor([-1 if x is None else x for x in labels], dtype=torch.int64)
     top1, top5 = (t.numpy() for t in hits(torch.from_numpy(ids_np), label_ids))
     return predictions.Scored(
-        index=batch["index"].numpy().copy(),
-        id=batch["id"],
-        dataset_label=batch["dataset_label"],
-        label=batch["label"],
-        error=batch["error"],
+        index=batch.index.numpy().copy(),
+        id=batch.id,
+        dataset_label=batch.dataset_label,
+        label=batch.label,
+        error=batch.error,
         ok=ok,
         topk=ids_np,
         topk_prob=probs_np.astype(np.float32, copy=False),  # already a copy, fp32 from topk
@@ -210,7 +209,7 @@ def scored(batch: dict[str, Any], ids: torch.Tensor, probs: torch.Tensor) -> pre
 
 
 def launch(
-    batch: dict[str, Any],
+    batch: Batch,
     net: torch.nn.Module,
     preprocess: Preprocess,
     device: torch.device,
@@ -221,10 +220,10 @@ def launch(
 ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
     """Run one batch of uint8 crops: (top-k ids, probs) on the device, and the input buffer
     to reuse for a later batch."""
-    images = to_device(batch["image"], device)
-    if batch["encoded"]:
+    images = to_device(batch.image, device)
+    if batch.encoded:
         images = with_decoded(batch, images, preprocess, device)
-    if not batch["ok"].any():
+    if not batch.ok.any():
         k = TOPK
         return (torch.zeros(0, k, dtype=torch.int64), torch.zeros(0, k)), buffer
     x = preprocess.normalize(images, dtype, memory_format, out=buffer)
@@ -232,20 +231,20 @@ def launch(
 
 
 def with_decoded(
-    batch: dict[str, Any], crops: torch.Tensor, preprocess: Preprocess, device: torch.device
+    batch: Batch, crops: torch.Tensor, preprocess: Preprocess, device: torch.device
 ) -> torch.Tensor:
     """backend=device: decode the batch's JPEGs on the device, and return every decodable
     row's crop in row order. A JPEG that not even Pillow decodes becomes an error row here
-    (its reason in batch["error"]), as it would have in a worker."""
-    ok = batch["ok"]
+    (its reason in batch.error), as it would have in a worker."""
+    ok = batch.ok
     encoded = dict(
-        zip(batch["encoded_rows"], preprocess.decode_on(batch["encoded"], device), strict=True)
+        zip(batch.encoded_rows, preprocess.decode_on(batch.encoded, device), strict=True)
     )
     from_workers = [j for j in ok.nonzero().flatten().tolist() if j not in encoded]
     rows = dict(zip(from_workers, crops, strict=True))
     for j, crop in encoded.items():
         if isinstance(crop, str):
-            ok[j], batch["error"][j] = False, crop
+            ok[j], batch.error[j] = False, crop
         else:
             rows[j] = crop
     return torch.stack([rows[j] for j in sorted(rows)]) if rows else crops
@@ -265,13 +264,13 @@ def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x
 
 
-def check_decoded(batch: dict[str, Any], on_error: OnError) -> None:  # type: ignore[valid-type]
+def check_decoded(batch: Batch, on_error: OnError) -> None:  # type: ignore[valid-type]
     """With on_error=raise, the first undecodable image of a batch ends the run."""
-    if on_error is OnError["raise"] and not batch["ok"].all():
-        j = int((~batch["ok"]).nonzero()[0])
+    if on_error is OnError["raise"] and not batch.ok.all():
+        j = int((~batch.ok).nonzero()[0])
         raise UserError(
-            f"Image at row {int(batch['index'][j])} (id {batch['id'][j]}) "
-            f"could not be decoded: {batch['error'][j]}"
+            f"Image at row {int(batch.index[j])} (id {batch.id[j]}) "
+            f"could not be decoded: {batch.error[j]}"
         )
 
 

@@ -1,5 +1,6 @@
-"""What is resolved before anything is loaded: the device, the amp dtype, the decoding
-workers, the streams and the model's threads.
+"""The runtime of this process, resolved before anything is loaded into the plan's
+runtime part: the device, the amp dtype, the decoding workers, the streams and the model's
+threads.
 
 Resolving changes nothing: torch's thread count is applied by the loop that uses it
 (inference.threads_per_stream), the device is made current by the one that joins the
@@ -9,43 +10,40 @@ process group (distributed.setup).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 
-from pipeline.config import Amp, Backend, Config
+from pipeline.choices import Amp, Backend
 from pipeline.errors import UserError
+from pipeline.request import Runtime
+from pipeline.runs.plan import RuntimePlan
 
 DEVICES = "auto, cpu, cuda, cuda:N, mps"
 
 
-@dataclass(frozen=True)
-class Settings:
-    device: torch.device
-    amp: torch.dtype | None  # the autocast dtype; None: fp32
-    workers: int  # DataLoader workers of this process
-    streams: int  # batches run at once
-    threads: int  # the model's intra-op threads in this process, shared by its streams
-    world_size: int
-
-    @property
-    def amp_name(self) -> str:
-        return str(self.amp).removeprefix("torch.") if self.amp else "off"
-
-
-def resolve(cfg: Config, device: torch.device, world_size: int, *, sharing: int = 1) -> Settings:
-    """The settings of this process, from the config, the device it runs on, and how many
+def resolve(
+    asked: Runtime, device: torch.device, world_size: int, *, sharing: int = 1
+) -> RuntimePlan:
+    """The runtime of this process, from the request, the device it runs on, and how many
     processes of the run see the same cores (torchrun's ranks of a node, say)."""
-    if cfg.backend is Backend.device:
+    if asked.backend is Backend.device:
         require_torchcodec()
     threads = _threads(device, sharing)
-    return Settings(
-        device=device,
-        amp=resolve_amp(cfg.amp, device),
-        workers=resolve_workers(cfg.num_workers, device, sharing),
-        streams=resolve_streams(cfg.streams, device, compile=cfg.compile, threads=threads),
+    amp = resolve_amp(asked.amp, device)
+    return RuntimePlan(
+        device_type=device.type,
+        amp=str(amp).removeprefix("torch.") if amp else "off",
+        device=str(device),
+        batch_size=asked.batch_size,
+        num_workers=resolve_workers(asked.num_workers, device, sharing),
+        streams=resolve_streams(asked.streams, device, compile=asked.compile, threads=threads),
         threads=threads,
         world_size=world_size,
+        commit_rows=asked.commit_rows,
+        channels_last=asked.channels_last,
+        compile=asked.compile,
+        on_error=asked.on_error,
+        progress=asked.progress,
     )
 
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 LABELS = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8]  # ImageNet class ids of the fixture images
+SPRINGER, GOLDFISH, TENCH = 217, 1, 0
+IMAGENETTE = [0, 217, 482, 491, 497, 566, 569, 571, 574, 701]  # tench, English springer, ...
 
 
 def photo(seed: int, size: tuple[int, int] = (180, 140)) -> Image.Image:
@@ -74,11 +78,12 @@ def uninterrupted(args: list[str], out):
     """The predictions of one uninterrupted in-process run (scored once, then reused)."""
     from conftest import make_config
 
-    from pipeline import run, rundir
+    from pipeline import run
+    from pipeline.runs import claims
 
-    if not (out / rundir.METRICS).exists():
+    if not (out / claims.METRICS).exists():
         run.evaluate(make_config(*args), out)
-    return out / rundir.PREDICTIONS
+    return out / claims.PREDICTIONS
 
 
 def hub_rows(n: int = len(LABELS)) -> dict[str, list]:
@@ -89,15 +94,30 @@ def hub_rows(n: int = len(LABELS)) -> dict[str, list]:
 
 
 def load(path: str, **kwargs):
-    """splits.load_split with the defaults of a plain labeled split."""
-    from pipeline import splits
+    """source.load_split with the defaults of a plain labeled split."""
+    from pipeline.data import source
+    from pipeline.request import Source
 
-    return splits.load_split(splits.Source(path, **kwargs))
+    return source.load_split(Source(path, **kwargs))
+
+
+def load_model(*, arch: str, weights: str, sha256: str | None = None, **overrides):
+    """The model of model.arch=ARCH model.weights=WEIGHTS (and model.* overrides), as a run
+    loads it."""
+    from pipeline.choices import Interpolation
+    from pipeline.models import registry
+    from pipeline.models.load import load_model as load
+    from pipeline.request import ModelRequest
+
+    library, name = registry.parse(arch)
+    if overrides.get("interpolation") is not None:
+        overrides["interpolation"] = Interpolation(overrides["interpolation"])
+    return load(ModelRequest(library, name, weights, sha256, **overrides))
 
 
 def wnid(label: int) -> str:
     """The WordNet id of an ImageNet class: the folder name ImageNet's layout gives it."""
-    from pipeline.labels import imagenet_classes
+    from pipeline.data.imagenet import imagenet_classes
 
     return imagenet_classes()[0][label]
 
@@ -169,3 +189,47 @@ def user_files(root, files: dict[str, bytes]) -> None:
     for name, data in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(data)
+
+
+def folder_of(tmp_path, names: list[str], per_class: int = 2, empty: list[str] = ()):
+    """An image folder: per_class images in a folder per name (plus empty folders)."""
+    root = tmp_path / "folder"
+    for k, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        for j in range(per_class):
+            (root / name / f"{k}_{j}.jpg").write_bytes(jpeg(photo(k * per_class + j, (64, 48))))
+    for name in empty:
+        (root / name).mkdir(parents=True)
+    return root
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def headless(tmp_path, *args: str) -> str:
+    """Headless Chromium (flags for a closed network, a fresh profile); its stdout."""
+    profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
+    return subprocess.run(
+        [
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            *args,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+
+
+needs_chromium = pytest.mark.skipif(
+    chromium() is None, reason="headless Chromium is not installed (.ci/run installs it)"
+)

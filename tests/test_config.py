@@ -6,9 +6,11 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
+from pipeline.choices import Amp
 from pipeline.cli import check_command_line, check_override_keys
-from pipeline.config import CONF_DIR, Amp, Config, check_values, schema_keys
+from pipeline.config import CONF_DIR, Config, schema_keys
 from pipeline.errors import UserError
+from pipeline.resolve import request
 
 REQUIRED = {  # values for the ??? fields of groups that have them
     "imagefolder": ["dataset.path=/data/val"],
@@ -144,7 +146,7 @@ def test_closed_choices_list_their_values(config):
 def test_values_out_of_range_are_refused(config, override, message):
     """A batch size below 1 or a negative limit fails with one line naming the key."""
     with pytest.raises(UserError, match=message):
-        check_values(config(override))
+        request(config(override))
 
 
 def test_restrict_is_true_false_or_auto(config):

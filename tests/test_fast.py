@@ -12,10 +12,11 @@ from helpers import jpeg, photo, realistic_split
 from PIL import Image
 from torchvision.models import AlexNet_Weights
 
-from pipeline import run, settings, transforms
-from pipeline.config import Backend
+from pipeline import run, settings
+from pipeline.choices import Backend
+from pipeline.data import transforms
+from pipeline.data.images import Roots
 from pipeline.errors import UserError
-from pipeline.images import Roots
 
 TRANSFORMS = AlexNet_Weights.IMAGENET1K_V1.transforms()
 PIL_PRE = transforms.Preprocess.from_transforms(TRANSFORMS, Backend.pil)

@@ -10,7 +10,8 @@ import pytest
 import torch
 from helpers import photo_split, split_args
 
-from pipeline import run, rundir, settings
+from pipeline import run, settings
+from pipeline.runs import claims
 
 pytestmark = [
     pytest.mark.gpu,
@@ -29,7 +30,7 @@ def forty(tmp_path_factory):
 def predictions(config, out, forty, peaked, *overrides):
     args = [*split_args(forty), f"model.weights={peaked}", "batch_size=8", *overrides]
     run.evaluate(config(*args), out)
-    return pd.read_parquet(out / rundir.PREDICTIONS)
+    return pd.read_parquet(out / claims.PREDICTIONS)
 
 
 def test_exact_mode_on_cuda_gives_the_cpu_top5(config, tmp_path, forty, peaked_checkpoint):
@@ -51,7 +52,7 @@ def test_fp16_autocast_keeps_the_fp32_top1(config, tmp_path, forty, peaked_check
     )
     fp16 = predictions(config, tmp_path / "fp16", forty, peaked_checkpoint, "device=cuda")
     assert (fp16["pred"] == fp32["pred"]).mean() >= 0.95
-    assert rundir.read_plan(tmp_path / "fp16").amp == "float16"
+    assert claims.read_plan(tmp_path / "fp16").amp == "float16"
 
 
 def test_device_decoding_on_cuda_gives_the_tensor_backend(
@@ -71,7 +72,7 @@ def test_device_decoding_on_cuda_gives_the_tensor_backend(
 
 def test_cuda_settings_resolve_to_one_stream_and_every_core():
     """On a GPU: one stream, fp16 by default, and decoding workers on every core."""
-    from pipeline.config import Amp
+    from pipeline.choices import Amp
 
     cuda = torch.device("cuda")
     assert settings.resolve_amp(Amp.auto, cuda) is torch.float16

@@ -17,10 +17,11 @@ from hypothesis import strategies as st
 from PIL import Image
 from torchvision.models import AlexNet_Weights
 
-from pipeline import data, inference, run, transforms
+from pipeline import inference, run
+from pipeline.data import loader, transforms
+from pipeline.data.images import Roots
+from pipeline.data.labels import LabelSpace
 from pipeline.errors import UserError
-from pipeline.images import Roots
-from pipeline.labels import LabelSpace
 from pipeline.stop import Stopped
 
 BOMB_LIMIT = 100_000  # pixels; the test lowers Pillow's limit instead of building a 90 MP image
@@ -116,7 +117,7 @@ def test_every_image_gets_one_row_and_errors_are_counted(
         else:
             assert expected in row.error, (name, row.error)
             assert pd.isna(row.pred) and row.topk is None and pd.isna(row.correct_top1)
-    assert (result["n_errors"], result["n_scored"]) == (N_ERRORS, len(CASES) - N_ERRORS)
+    assert (result.row["n_errors"], result.row["n_scored"]) == (N_ERRORS, len(CASES) - N_ERRORS)
     assert f"{N_ERRORS} image(s) could not be scored" in capsys.readouterr().out
 
 
@@ -141,7 +142,7 @@ def test_unknown_labels_are_left_out_of_accuracy(config, tmp_path):
     assert frame["label"].isna().tolist() == [True, True, False, True]
     assert frame["correct_top1"].isna().tolist() == [True, True, False, True]
     assert frame["id"].isna().all()
-    assert (result["n_labeled"], result["n_scored"]) == (1, 4)
+    assert (result.row["n_labeled"], result.row["n_scored"]) == (1, 4)
 
 
 def test_dead_worker_is_an_error_not_a_hang(config, tmp_path, parquet_file, monkeypatch):
@@ -201,7 +202,7 @@ def test_out_of_memory_names_the_batch_size_and_keeps_rows(
     real = inference.launch
 
     def oom_on_second_batch(batch, *args):  # by rows, not call order: streams run concurrently
-        if int(batch["index"][0]) == 4:
+        if int(batch.index[0]) == 4:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
         return real(batch, *args)
 
@@ -222,7 +223,7 @@ def test_out_of_memory_names_the_batch_size_and_keeps_rows(
 
 def test_unwritable_output_fails_before_inference(config, tmp_path, monkeypatch):
     """An output folder that cannot be created fails at once, before any model or data work."""
-    monkeypatch.setattr(run.model, "load_model", lambda **_: pytest.fail("loaded the model"))
+    monkeypatch.setattr(run, "load_model", lambda *_a, **_k: pytest.fail("loaded the model"))
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(UserError, match="Cannot write to output folder"):
         run.evaluate(config("model.weights=none"), tmp_path / "file" / "out")
@@ -285,7 +286,7 @@ SMALL_JPEG = jpeg(photo(9, (48, 32)))
 )
 def test_random_and_mutated_bytes_give_one_row_each(raw):
     """Whatever the bytes, the item is either a 224x224 uint8 crop or a short error: no crash."""
-    ds = data.EvalDataset(
+    ds = loader.EvalDataset(
         RowsTable({"image": [{"bytes": raw, "path": None}], "label": [1]}),
         positions=range(1), offset=0, image_column="image", label_column="label",
         id_column=None, labels=IDENTITY, preprocess=PRE, roots=Roots(),

@@ -96,7 +96,7 @@ def test_the_installed_wheel_runs_the_sample_from_anywhere(installed, tmp_path):
         cwd=tmp_path,
     )
     assert bench.returncode == 0 and "jpeg_compression/5" in bench.stdout, bench.stderr
-    table = "from pipeline import imagenet_c; print(imagenet_c.published().errors['fog'][0])"
+    table = "from pipeline.reports import mce; print(mce.published().errors['fog'][0])"
     published = run_installed(installed, "-c", table, cwd=tmp_path)
     assert published.stdout.strip() == "0.67474", published.stderr
 

@@ -13,9 +13,9 @@ import torchvision
 from helpers import LABELS, run_cli, snapshot, user_files
 from torchvision.models import AlexNet_Weights
 
-from pipeline.labels import imagenet_classes
-from pipeline.predictions import schema
+from pipeline.data.imagenet import imagenet_classes
 from pipeline.run import evaluate
+from pipeline.runs.predictions import schema
 
 
 def reference(images, checkpoint) -> torch.Tensor:
@@ -42,7 +42,7 @@ def test_predictions_equal_the_reference(config, tmp_path, parquet_file, images,
     assert np.stack(got["topk"]).tolist() == ref_ids.tolist()
     np.testing.assert_allclose(np.stack(got["topk_prob"]), ref_p.numpy(), rtol=1e-4, atol=1e-6)
     top1 = 100 * np.mean(ref_ids[:, 0].numpy() == np.array(LABELS))
-    assert result["top1"] == pytest.approx(top1) and result["n_images"] == len(LABELS)
+    assert result.row["top1"] == pytest.approx(top1) and result.row["n_images"] == len(LABELS)
 
 
 def test_outputs_follow_the_contract(config, tmp_path, imagefolder):
@@ -75,7 +75,7 @@ def test_limit_scores_the_first_n(config, tmp_path, saved_dir):
     """limit=N scores rows 0..N-1 of the split, here from a save_to_disk folder."""
     cfg = config("dataset=disk", f"dataset.path={saved_dir}", "model.weights=none", "limit=5")
     result = evaluate(cfg, tmp_path / "out")
-    assert result["n_images"] == 5
+    assert result.row["n_images"] == 5
     frame = pd.read_parquet(tmp_path / "out" / "predictions.parquet")
     assert frame["label"].tolist() == LABELS[:5]
 
@@ -91,7 +91,7 @@ def test_streaming_run_equals_the_loaded_run(config, tmp_path, parquet_file):
         streamed.drop(columns=["topk", "topk_prob"]), loaded.drop(columns=["topk", "topk_prob"])
     )
     assert np.stack(streamed["topk"]).tolist() == np.stack(loaded["topk"]).tolist()
-    assert result["n_images"] == 10
+    assert result.row["n_images"] == 10
 
 
 @pytest.mark.slow

@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 from helpers import assert_same_predictions, photo_split, run_cli, split_args, uninterrupted
 
-from pipeline import predictions, run, rundir
+from pipeline import run
 from pipeline.errors import UserError
-from pipeline.summarize import summarize
+from pipeline.reports.sweep import summarize
+from pipeline.runs import claims, parts, predictions
 
 N_BIG = 320
 
@@ -72,7 +73,10 @@ def test_finished_run_is_not_redone(config, tmp_path, parquet_file, monkeypatch,
     first = run.evaluate(cfg, tmp_path / "out")
     monkeypatch.setattr(run, "score_rows", lambda *a, **k: pytest.fail("scored again"))
     again = run.evaluate(cfg, tmp_path / "out")
-    assert again["n_images"] == first["n_images"] and "already complete" in capsys.readouterr().out
+    assert (
+        again.row["n_images"] == first.row["n_images"]
+        and "already complete" in capsys.readouterr().out
+    )
 
 
 def start_cli(args, repo_root, *prefix):
@@ -87,24 +91,24 @@ def start_cli(args, repo_root, *prefix):
     )
 
 
-def wait_for_parts(parts, proc, count=2, timeout=120):
+def wait_for_parts(folder, proc, count=2, timeout=120):
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        if len(list(parts.glob("part-*.parquet"))) >= count:
+        if len(list(folder.glob("part-*.parquet"))) >= count:
             return
         time.sleep(0.02)
     stderr = proc.stderr.read() if proc.poll() is not None else ""
     pytest.fail(f"no {count} parts appeared (exit {proc.poll()}): {stderr}")
 
 
-def interrupt_at_random(proc, parts, rng) -> str:
+def interrupt_at_random(proc, folder, rng) -> str:
     """Wait for a random moment of a run (its start-up, or just after its k-th new part is
     committed), then return when; what counts is the moment, not the clock."""
     if rng.random() < 0.3:
         time.sleep(rng.uniform(0.2, 3.0))  # imports, config, dataset or model loading
         return "start-up"
-    target = len(list(parts.glob("part-*.parquet"))) + rng.randint(1, 4)
-    while proc.poll() is None and len(list(parts.glob("part-*.parquet"))) < target:
+    target = len(list(folder.glob("part-*.parquet"))) + rng.randint(1, 4)
+    while proc.poll() is None and len(list(folder.glob("part-*.parquet"))) < target:
         time.sleep(0.01)
     time.sleep(rng.uniform(0.0, 0.3))  # somewhere in the next batches
     return f"after part {target}"
@@ -124,7 +128,7 @@ def test_a_storm_of_interruptions_then_one_plain_run(repo_root, tmp_path, big_ar
         when = interrupt_at_random(proc, out / "parts", rng)
         os.killpg(proc.pid, sig)
         _, stderr = proc.communicate(timeout=120)
-        seen.append((sig.name, when, proc.returncode, rundir.committed_rows(out)))
+        seen.append((sig.name, when, proc.returncode, parts.committed_rows(out)))
         assert proc.returncode != 0, f"a run finished before its interruption: {seen}"
         if sig != signal.SIGKILL:
             assert proc.returncode == 128 + sig, stderr
@@ -132,13 +136,13 @@ def test_a_storm_of_interruptions_then_one_plain_run(repo_root, tmp_path, big_ar
             hint, early = f"output_dir={out}", "Interrupted: exiting. Committed rows are kept."
             assert hint in stderr or early in stderr, stderr
     assert any(0 < committed < N_BIG for *_, committed in seen), seen  # cut mid-run
-    parts = sorted((out / "parts").glob("part-*.parquet"))
-    parts[len(parts) // 2].write_bytes(parts[len(parts) // 2].read_bytes()[:100])  # damaged
+    files = sorted((out / "parts").glob("part-*.parquet"))
+    files[len(files) // 2].write_bytes(files[len(files) // 2].read_bytes()[:100])  # damaged
     final = run_cli(args, cwd=repo_root)
     assert final.returncode == 0, final.stderr
     assert "damaged part" in final.stdout + final.stderr  # Hydra logs to stdout
-    assert_same_predictions(out / rundir.PREDICTIONS, big_whole)
-    assert pd.read_parquet(out / rundir.METRICS)["n_images"].iloc[0] == N_BIG
+    assert_same_predictions(out / claims.PREDICTIONS, big_whole)
+    assert pd.read_parquet(out / claims.METRICS)["n_images"].iloc[0] == N_BIG
     print("storm:", seen)
 
 
@@ -166,9 +170,9 @@ def test_ctrl_c_once_stops_with_a_hint_twice_exits_at_once(repo_root, tmp_path, 
     os.killpg(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Interrupted twice" in stderr, stderr
-    parts = rundir.list_parts(out / "parts")
-    assert parts and all(
-        rundir.why_damaged(p.path, p.first, p.stop, predictions.schema()) is None for p in parts
+    found = parts.list_parts(out / "parts")
+    assert found and all(
+        parts.why_damaged(p.path, p.first, p.stop, predictions.schema()) is None for p in found
     )
 
 
@@ -184,8 +188,8 @@ def test_two_runs_into_one_folder(repo_root, tmp_path, big_args):
     assert f"is in use by another run (pid {first.pid} on" in second.stderr
     _, stderr = first.communicate(timeout=120)
     assert first.returncode == 0, stderr
-    assert not (out / rundir.ERROR_FILE).exists()
-    assert pd.read_parquet(out / rundir.METRICS)["n_images"].iloc[0] == N_BIG
+    assert not (out / claims.ERROR_FILE).exists()
+    assert pd.read_parquet(out / claims.METRICS)["n_images"].iloc[0] == N_BIG
 
 
 def torchrun(port: int) -> list[str]:
@@ -223,9 +227,9 @@ def test_torchrun_two_ranks_equal_one_process(repo_root, tmp_path, parquet_file)
     )
     assert proc.returncode == 0, proc.stderr
     assert_same_predictions(
-        tmp_path / "two" / rundir.PREDICTIONS, tmp_path / "one" / rundir.PREDICTIONS
+        tmp_path / "two" / claims.PREDICTIONS, tmp_path / "one" / claims.PREDICTIONS
     )
-    metrics = pd.read_parquet(tmp_path / "two" / rundir.METRICS).iloc[0]
+    metrics = pd.read_parquet(tmp_path / "two" / claims.METRICS).iloc[0]
     assert metrics["world_size"] == 2 and metrics["n_images"] == 12
     assert proc.stdout.count("top-1") == 1  # rank 0 alone reports
 
@@ -240,14 +244,14 @@ def test_torchrun_stopped_then_finished_by_one_process(repo_root, tmp_path, big_
     wait_for_parts(out / "parts", proc, count=3)
     os.killpg(proc.pid, signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode != 0 and not (out / rundir.METRICS).exists()
+    assert proc.returncode != 0 and not (out / claims.METRICS).exists()
     assert "Stopped by SIGTERM" in stderr, stderr[-3000:]  # torchrun's agent adds its own trace
     assert "pipeline/" not in stderr.replace("-m pipeline", ""), stderr[-3000:]
-    committed = rundir.committed_rows(out)
+    committed = parts.committed_rows(out)
     assert 0 < committed < N_BIG
     final = run_cli([*big_args, f"output_dir={out}"], cwd=repo_root)
     assert final.returncode == 0, final.stderr
-    assert_same_predictions(out / rundir.PREDICTIONS, big_whole)
+    assert_same_predictions(out / claims.PREDICTIONS, big_whole)
 
 
 @pytest.mark.slow
@@ -299,11 +303,11 @@ def test_a_sweep_whose_first_job_fails_runs_the_rest(repo_root, tmp_path):
     assert table["status"].tolist()[0].startswith("failed: model.weights='/no/such.pth'")
     assert table["status"].tolist()[1] == "done"
     assert "failed: model.weights" in proc.stdout  # the table, printed at the end
-    (sweep / "1" / rundir.METRICS).unlink()  # as if killed before the end
+    (sweep / "1" / claims.METRICS).unlink()  # as if killed before the end
     (sweep / "1" / "parts").mkdir()
     os.rename(
-        sweep / "1" / rundir.PREDICTIONS,
-        sweep / "1" / "parts" / rundir.PART_NAME.format(0, 10),
+        sweep / "1" / claims.PREDICTIONS,
+        sweep / "1" / "parts" / parts.PART_NAME.format(0, 10),
     )
     assert summarize(sweep)["status"].tolist()[1] == "unfinished (10 rows committed)"
     out = subprocess.run(
@@ -330,7 +334,7 @@ def test_a_merge_killed_at_any_moment_is_finished_by_running_it_again(
             merge, cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         if k == 0:  # the bad moment: predictions written, metrics not yet
-            while proc.poll() is None and not (target / rundir.PREDICTIONS).exists():
+            while proc.poll() is None and not (target / claims.PREDICTIONS).exists():
                 time.sleep(0.001)
         else:
             time.sleep(rng.uniform(0.0, 2.5))
@@ -338,16 +342,16 @@ def test_a_merge_killed_at_any_moment_is_finished_by_running_it_again(
         proc.communicate(timeout=60)
         state = sorted(p.name for p in target.iterdir()) if target.exists() else []
         seen.append((sig.name, proc.returncode, state))
-    assert rundir.PREDICTIONS in seen[0][2] and rundir.METRICS not in seen[0][2], seen
+    assert claims.PREDICTIONS in seen[0][2] and claims.METRICS not in seen[0][2], seen
     final = subprocess.run(merge, cwd=repo_root, capture_output=True, text=True)
     assert final.returncode == 0, final.stderr
-    assert_same_predictions(target / rundir.PREDICTIONS, big_whole)
-    assert pd.read_parquet(target / rundir.METRICS)["n_images"].iloc[0] == N_BIG
-    record = (target / rundir.RUN_FILE).stat().st_mtime_ns
+    assert_same_predictions(target / claims.PREDICTIONS, big_whole)
+    assert pd.read_parquet(target / claims.METRICS)["n_images"].iloc[0] == N_BIG
+    record = (target / claims.RUN_FILE).stat().st_mtime_ns
     again = subprocess.run(merge, cwd=repo_root, capture_output=True, text=True)
     assert again.returncode == 0 and "already holds this merge" in again.stdout
     assert again.stdout.count("\n") == 1  # the one line, and run.json not written again
-    assert (target / rundir.RUN_FILE).stat().st_mtime_ns == record
+    assert (target / claims.RUN_FILE).stat().st_mtime_ns == record
     print("merge kills:", seen)
 
 
@@ -422,7 +426,7 @@ def test_a_shard_sweep_merges_itself_and_a_rerun_finishes_the_missing_shard(
     other = uninterrupted([*big_args, "limit=10"], tmp_path / "other")
     sweep = tmp_path / "sweep"
     (sweep / "1").mkdir(parents=True)
-    shutil.copy(other.parent / rundir.RUN_FILE, sweep / "1" / rundir.RUN_FILE)
+    shutil.copy(other.parent / claims.RUN_FILE, sweep / "1" / claims.RUN_FILE)
     args = ["-m", *big_args, "shard.index=0,1,2", "shard.count=3", f"hydra.sweep.dir={sweep}"]
     first = run_cli(args, cwd=repo_root)
     assert first.returncode == 1, first.stderr[-3000:]
@@ -432,5 +436,5 @@ def test_a_shard_sweep_merges_itself_and_a_rerun_finishes_the_missing_shard(
     again = run_cli(args, cwd=repo_root)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already complete" in again.stdout and "merged 3 shards" in again.stdout
-    assert_same_predictions(sweep / "merged" / rundir.PREDICTIONS, big_whole)
-    assert rundir.read_plan(sweep / "merged").merged_shards == 3
+    assert_same_predictions(sweep / "merged" / claims.PREDICTIONS, big_whole)
+    assert claims.read_plan(sweep / "merged").versions.merged_shards == 3

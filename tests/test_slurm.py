@@ -30,8 +30,8 @@ from helpers import (
     uninterrupted,
 )
 
-from pipeline import rundir
-from pipeline.summarize import summarize
+from pipeline.reports.sweep import summarize
+from pipeline.runs import claims, parts
 
 CLUSTER = subprocess.run(
     ["bash", str(Path(__file__).parent / "slurm" / "cluster.sh"), "status"], capture_output=True
@@ -74,7 +74,7 @@ def test_a_shard_sweep_is_a_job_array_that_merges_itself(repo_root, tmp_path_fac
     uninterrupted([*args, "limit=10"], other)
     sweep = tmp_path / "sweep"
     (sweep / "1").mkdir(parents=True)
-    shutil.copy(other / rundir.RUN_FILE, sweep / "1" / rundir.RUN_FILE)
+    shutil.copy(other / claims.RUN_FILE, sweep / "1" / claims.RUN_FILE)
     command = ["-m", *LAUNCHER, *args, "shard.index=0,1,2", "shard.count=3"]
     command += [f"hydra.sweep.dir={sweep}", "hydra.launcher.timeout_min=5"]
     first = run_cli(command, cwd=repo_root)
@@ -88,7 +88,7 @@ def test_a_shard_sweep_is_a_job_array_that_merges_itself(repo_root, tmp_path_fac
     again = run_cli(command, cwd=repo_root)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "merged 3 shards" in again.stdout
-    assert_same_predictions(sweep / "merged" / rundir.PREDICTIONS, whole)
+    assert_same_predictions(sweep / "merged" / claims.PREDICTIONS, whole)
 
 
 def test_two_tasks_in_one_job_score_each_row_once(repo_root, tmp_path_factory, tmp_path):
@@ -101,14 +101,14 @@ def test_two_tasks_in_one_job_score_each_row_once(repo_root, tmp_path_factory, t
     sweep = tmp_path / "sweep"
     proc = run_cli(["-m", *LAUNCHER, *TWO_TASKS, *args, f"hydra.sweep.dir={sweep}"], cwd=repo_root)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert_same_predictions(sweep / "0" / rundir.PREDICTIONS, whole)
+    assert_same_predictions(sweep / "0" / claims.PREDICTIONS, whole)
     log = (sweep / "0" / "pipeline.log").read_text()  # both tasks log into the job's log
     shares = sorted(re.findall(r"rank (\d) of 2 scores (\d+) rows", log))
     logs = task_logs(sweep) + log
     print("rows per rank:", shares)
     assert shares == [("0", "600"), ("1", "600")]
     assert "Traceback" not in logs and "in use by another run" not in logs
-    assert rundir.read_plan(sweep / "0").world_size == 2
+    assert claims.read_plan(sweep / "0").runtime.world_size == 2
 
 
 def requeue_watch(proc: subprocess.Popen, deadline: float) -> list[str]:
@@ -152,7 +152,7 @@ def requeue_rows(args: list[str], repo_root: Path, tmp_path: Path) -> int:
     core = min(os.sched_getaffinity(0))
     subprocess.run(command, cwd=repo_root, check=True, capture_output=True,
                    preexec_fn=lambda: os.sched_setaffinity(0, {core}))  # fmt: skip
-    rate = float(pd.read_parquet(out / rundir.METRICS)["images_per_sec"].iloc[0])
+    rate = float(pd.read_parquet(out / claims.METRICS)["images_per_sec"].iloc[0])
     most = 2 * rate * LATEST_WARNING_S  # rows two tasks can score before the warning
     return PERIOD * math.ceil(REQUEUE_TRIES * most / PERIOD)
 
@@ -221,7 +221,7 @@ def test_a_time_limit_requeues_a_two_task_job_and_it_resumes(repo_root, tmp_path
     assert proc.returncode == 0, stderr[-3000:]
     job = sweep / "0"
     assert_same_predictions(
-        job / rundir.PREDICTIONS, repeated(period, n, tmp_path / "whole.parquet")
+        job / claims.PREDICTIONS, repeated(period, n, tmp_path / "whole.parquet")
     )
     log = (job / "pipeline.log").read_text()
     resumed = [int(m) for m in re.findall(r"resuming: (\d+) rows already committed", log)]
@@ -259,14 +259,14 @@ def test_scancel_term_stops_every_task_and_one_process_finishes(
         f"srun {command}",
     ).strip()
     deadline = time.time() + 300
-    while len(rundir.list_parts(out / rundir.PARTS)) < 6 and time.time() < deadline:
+    while len(parts.list_parts(out / claims.PARTS)) < 6 and time.time() < deadline:
         time.sleep(0.2)
     slurm("scancel", "--signal=TERM", job)
     while "RUNNING" in slurm("squeue", "-h", "-j", job, "-o", "%T") and time.time() < deadline:
         time.sleep(0.5)
     log = (tmp_path / "job.log").read_text()
     assert log.count("Stopped by SIGTERM; rows scored so far are committed") == 2, log[-3000:]
-    assert 0 < rundir.committed_rows(out) < 2400 and not (out / rundir.METRICS).exists()
+    assert 0 < parts.committed_rows(out) < 2400 and not (out / claims.METRICS).exists()
     rerun = run_cli([*args, f"output_dir={out}"], cwd=repo_root)
     assert rerun.returncode == 0, rerun.stderr
-    assert_same_predictions(out / rundir.PREDICTIONS, whole)
+    assert_same_predictions(out / claims.PREDICTIONS, whole)

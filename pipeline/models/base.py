@@ -1,0 +1,79 @@
+"""The model sources' one interface: what a source gives for a model (LoadedModel), and the
+functions each source module has (ModelSource). torchvision, timm and transformers are one
+module each (from_*.py), found by their prefix in models/registry.py.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Protocol
+
+from torch import nn
+
+from pipeline.data.transforms import EvalTransform
+from pipeline.errors import UserError
+from pipeline.request import ModelRequest
+
+
+@dataclass(frozen=True)
+class Published:
+    """The ImageNet-1k val accuracy a library publishes for these weights at this eval
+    transform: what a whole val run is checked against."""
+
+    top1: float
+    top5: float
+    by: str  # whose numbers, in words: "torchvision IMAGENET1K_V1", "timm results (...)"
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module  # outputs ImageNet-1k's 1000 logits, in class order
+    arch: str  # as given: alexnet, timm:resnet50.a1_in1k, hf:microsoft/resnet-50
+    weights: str  # a torchvision weights name, pretrained, the checkpoint path, or "none"
+    digest: Future[str] | str | None  # sha256 of the weights file, hashed in the background
+    categories: list[str]
+    transforms: EvalTransform  # the eval transform, as numbers
+    preprocess: str  # where those numbers come from
+    expected_prefix: str | None = None  # the hash prefix torchvision puts in a file's name
+    file: str | None = None  # the weights file read: torchvision's cached one, or a checkpoint
+    # what the predictions depend on, not where the file lay: a torchvision weights name,
+    # "pretrained" (timm, hf), "checkpoint" (its sha256 says which one) or "none"
+    source: str = "none"
+    library: str = ""  # the library and its version: "torchvision 0.29.1"
+    head: str = "ImageNet-1k (1000 outputs)"  # how the outputs were read as ImageNet-1k
+    published: Published | None = None
+    params: int = 0
+    gmacs: float = 0.0  # multiply-adds of one image at the crop size, in billions
+
+    @property
+    def sha256(self) -> str | None:
+        """The weights file's sha256; a cached torchvision file whose hash does not start
+        with the prefix in its name is refused (a wrong file staged under that name)."""
+        digest = self.digest.result() if isinstance(self.digest, Future) else self.digest
+        if digest and self.expected_prefix and not digest.startswith(self.expected_prefix):
+            raise UserError(
+                f"{self.file} has sha256 {digest[:16]}..., but its name says it starts with "
+                f"{self.expected_prefix}: it is not {self.weights}. Delete it and stage the "
+                f"right file (or let torchvision download it)"
+            )
+        return digest
+
+
+class ModelSource(Protocol):
+    """A way of getting a classifier (lm-evaluation-harness's model backends have this
+    shape): a module of models/ with these functions, one line of registry.SOURCES."""
+
+    def load(self, asked: ModelRequest) -> LoadedModel:
+        """The model with its weights (offline, with their sha256), its eval transform, its
+        head's class names and its published numbers, on the CPU."""
+        ...
+
+    def published_at(self, loaded: LoadedModel, transforms: EvalTransform) -> Published | None:
+        """The library's published numbers for its own weights at another eval transform."""
+        ...
+
+    def cached_file(self, asked: ModelRequest) -> str | None:
+        """The weights file this request will read, where it is on disk already (hashed
+        while the dataset loads)."""
+        ...

@@ -1,0 +1,369 @@
+"""The report page: report.json's numbers as one self-contained HTML file."""
+
+from __future__ import annotations
+
+import html
+import io
+from typing import Any
+
+from pipeline.reports.stats import number as num
+from pipeline.reports.stats import signed
+
+CSS = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 1100px;
+       color: #1d2430; padding: 0 16px }
+h1 { font-size: 22px; margin: 0 0 4px }
+h2 { font-size: 17px; margin: 28px 0 8px; border-bottom: 1px solid #dde3ea; padding-bottom: 4px }
+.muted { color: #5c6b7a }
+table { border-collapse: collapse; margin: 6px 0 12px; font-variant-numeric: tabular-nums }
+td, th { padding: 3px 10px; border-bottom: 1px solid #edf0f3; text-align: left }
+th { background: #f5f7f9; font-weight: 600 }
+td.n { text-align: right }
+.cards, .plots, .thumbs { display: flex; gap: 14px; flex-wrap: wrap }
+.card { border: 1px solid #dde3ea; border-radius: 8px; padding: 10px 14px; min-width: 150px }
+.card b { display: block; font-size: 22px }
+.thumbs figure { margin: 0; width: 164px; font-size: 12px; overflow-wrap: anywhere }
+.thumbs img { border-radius: 4px; display: block; margin-bottom: 3px }
+.warn { color: #a33 }
+"""
+
+
+TITLE = "alexnet-eval report"  # what tells this pipeline's pages from others (report.py)
+
+
+def esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def ci(pair: list[float]) -> str:
+    return f"[{num(pair[0], 2)}, {num(pair[1], 2)}]"
+
+
+def table(
+    head: list[str], rows: list[list[Any]], numeric: frozenset[int] | set[int] = frozenset()
+) -> str:
+    th = "".join(f"<th>{esc(h)}</th>" for h in head)
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td{' class=n' if j in numeric else ''}>{esc(c)}</td>" for j, c in enumerate(r))
+        + "</tr>"
+        for r in rows
+    )
+    return f"<table><tr>{th}</tr>{body}</table>"
+
+
+def svg(figure: Any) -> str:
+    buf = io.StringIO()
+    figure.savefig(buf, format="svg", bbox_inches="tight")
+    text = buf.getvalue()
+    return text[text.index("<svg") :]
+
+
+def reliability(bins: list[dict[str, Any]], ece: float | None) -> str:
+    """The reliability diagram: accuracy against mean confidence per bin, and the diagonal."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.2, 4.0))
+    ax = fig.subplots()
+    centers = [(b["lower"] + b["upper"]) / 2 for b in bins]
+    accs = [b["accuracy"] or 0 for b in bins]
+    ax.bar(
+        centers, accs, width=1 / len(bins), edgecolor="#2b5b84", color="#8fb8de", label="accuracy"
+    )
+    ax.plot([0, 1], [0, 1], "--", color="#a33", lw=1, label="perfectly calibrated")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="top-1 probability",
+        ylabel="top-1 accuracy",
+        title=f"Reliability (ECE {num(ece, 4)}, {len(bins)} bins)",
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    return svg(fig)
+
+
+def histogram(classes: dict[str, Any]) -> str:
+    """How many classes reach each band of top-1 accuracy."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.6, 4.0))
+    ax = fig.subplots()
+    edges, counts = classes["histogram"]["edges"], classes["histogram"]["counts"]
+    ax.bar(edges[:-1], counts, width=10, align="edge", color="#9fc99a", edgecolor="#3f7a3a")
+    ax.set(
+        xlim=(0, 100),
+        xlabel="per-class top-1 accuracy (%)",
+        ylabel="classes",
+        title=f"Per-class accuracy ({classes['n_classes']} classes)",
+    )
+    return svg(fig)
+
+
+def run_cards(r: dict[str, Any]) -> str:
+    cards = [
+        ("top-1", f"{num(r['top1'])}", f"{ci(r['top1_ci95'])}"),
+        ("top-5", f"{num(r['top5'])}", f"{ci(r['top5_ci95'])}"),
+        ("ECE", num(r["ece"], 4), f"{len(r['reliability'])} bins"),
+        ("images", r["n_images"], f"{r['n_labeled']} labeled, {r['n_errors']} not scored"),
+    ]
+    return (
+        '<div class="cards">'
+        + "".join(
+            f'<div class="card">{esc(t)}<b>{esc(v)}</b><span class="muted">{esc(s)}</span></div>'
+            for t, v, s in cards
+        )
+        + "</div>"
+    )
+
+
+def first_run(r: dict[str, Any], shown: list[dict[str, Any]], note: str) -> str:
+    """The first run in detail: numbers, plots, classes, confusions, errors, mistakes."""
+    restricted = ", outputs restricted to its classes" if r["restricted"] else ""
+    parts = [
+        f"<h2>{esc(r['dataset'])} · {esc(r['split'])}</h2>",
+        run_cards(r),
+        f"<p class=muted>label space: {esc(r['label_space'])}{restricted} · "
+        f"model {esc(r['model'])}, weights {esc(r['weights'])}</p>",
+    ]
+    if r["published"]:
+        p = r["published"]
+        warn = " class=warn" if p["off"] else ""
+        parts.append(
+            f"<p{warn}>Published ({esc(p['by'])}): top-1 {num(p['top1'])}, top-5 "
+            f"{num(p['top5'])}; "
+            f"this run {signed(p['top1_diff'])} / {signed(p['top5_diff'])} points.</p>"
+        )
+    plots = reliability(r["reliability"], r["ece"]) + histogram(r["classes"])
+    parts.append(f'<div class="plots">{plots}</div>')
+    if r["classes"].get("note"):
+        parts.append(f"<h2>Classes</h2><p class=muted>{esc(r['classes']['note'])}</p>")
+    for key, title in (("worst", "Worst classes"), ("best", "Best classes")):
+        rows = [[c["name"], c["class"], c["n"], num(c["top1"], 1)] for c in r["classes"][key]]
+        if rows:
+            head = ["class", "id", "images", "top-1 %"]
+            parts += [f"<h2>{title}</h2>", table(head, rows, {1, 2, 3})]
+    pairs = [[c["true_name"], c["pred_name"], c["count"]] for c in r["confusions"]]
+    parts += ["<h2>Most confused pairs</h2>", table(["true", "predicted", "images"], pairs, {2})]
+    errors = [[e["index"], e["id"], e["error"]] for e in r["errors"]]
+    listed = table(["row", "id", "reason"], errors, {0}) if errors else "<p class=muted>none</p>"
+    parts += [f"<h2>Not scored ({r['n_errors']})</h2>", listed]
+    return "".join(parts) + mistakes(shown, note)
+
+
+def mistakes(shown: list[dict[str, Any]], note: str) -> str:
+    figures = "".join(
+        f'<figure><img src="data:image/jpeg;base64,{t["jpeg"]}" alt="row {t["index"]}">'
+        f"row {t['index']} · p={t['confidence']:.2f}<br>{esc(t['id'])}<br>"
+        f"{esc(t['label'])} → <b>{esc(t['pred'])}</b></figure>"
+        for t in shown
+    )
+    head = f"<h2>Most confident mistakes</h2><p class=muted>{esc(note)}</p>"
+    return f'{head}<div class="thumbs">{figures}</div>'
+
+
+SIDE_BY_SIDE = ["run", "dataset", "split", "label space", "images", "errors"]
+SIDE_BY_SIDE += ["top-1 [95% CI]", "top-5 [95% CI]", "ECE"]
+PAIRED = ["images", "top-1 agreement", "only first right", "only second right", "McNemar p"]
+PAIRED += ["top-1 change [95% CI]"]
+
+
+def comparisons(report: dict[str, Any]) -> str:
+    """Every run in one table, then each paired comparison with the first."""
+    rows = [
+        [r["dir"], r["dataset"], r["split"], r["label_space"], r["n_images"], r["n_errors"]]
+        + [f"{num(r[k])} {ci(r[f'{k}_ci95'])}" for k in ("top1", "top5")]
+        + [num(r["ece"], 4)]
+        for r in report["runs"]
+    ]
+    out = ["<h2>All runs, side by side</h2>", table(SIDE_BY_SIDE, rows, {4, 5})]
+    return "".join(out + [paired(p) for p in report["paired"]])
+
+
+def paired(p: dict[str, Any]) -> str:
+    """One paired comparison: its test and interval, and the classes that changed most."""
+    row = [
+        p["n"],
+        num(p["agreement"], 4),
+        p["first_only"],
+        p["second_only"],
+        num(p["mcnemar_p"], 3, "g"),
+        f"{signed(p['top1_diff'])} {ci(p['top1_diff_ci95'])}",
+    ]
+    diffs = [[d["name"], d["class"], d["n"], f"{d['top1_diff']:+.1f}"] for d in p["class_diffs"]]
+    return (
+        f"<h2>Paired: {esc(p['run'])} against {esc(p['with'])}</h2>"
+        + table(PAIRED, [row], {0, 2, 3})
+        + "<p class=muted>Classes that changed most (top-1 points)</p>"
+        + table(["class", "id", "images", "change"], diffs, {1, 2, 3})
+    )
+
+
+def heatmap(
+    rows: list[str],
+    values: list[list[float | None]],
+    title: str,
+    diverging: bool,
+    beside: list[list[float | None]] | None = None,
+) -> str:
+    """Corruption x severity cells, coloured by value and written in each (n/a: none);
+    `beside`: a second value written under each (the published error)."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    grid = np.array([[np.nan if v is None else 100 * v for v in row] for row in values])
+    fig = Figure(figsize=(5.2, 0.32 * len(rows) + 1.2))
+    ax = fig.subplots()
+    limit = np.nanmax(np.abs(grid)) if diverging and np.isfinite(grid).any() else None
+    image = ax.imshow(
+        grid,
+        cmap="RdBu_r" if diverging else "viridis_r",
+        vmin=-limit if limit else (None if diverging else 0),
+        vmax=limit if limit else (None if diverging else 100),
+        aspect="auto",
+    )
+    for (i, j), v in np.ndenumerate(grid):
+        text = "n/a" if np.isnan(v) else f"{v:+.1f}" if diverging else f"{v:.1f}"
+        under = None if beside is None else beside[i][j]
+        if under is not None:
+            text += f"\n({100 * under:.1f})"
+        ax.text(j, i, text, ha="center", va="center", fontsize=7 if beside is None else 6)
+    ax.set(xticks=range(5), xticklabels=[f"severity {s}" for s in range(1, 6)], title=title)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    return svg(fig)
+
+
+def imagenet_c(entries: list[dict[str, Any]]) -> str:
+    """Each model's ImageNet-C errors as a heatmap, its CE table and means, what is missing,
+    and for AlexNet its difference to the published errors."""
+    out = []
+    for e in entries:
+        rows = [c for c, errors in e["errors"].items() if any(v is not None for v in errors)]
+        rows = rows or list(e["errors"])
+        pub, mes = e["published"], e["measured"]
+        table_rows = [
+            [c, num(_x100(pub["ce"][c]), 1), num(_x100(pub["relative_ce"][c]), 1)]
+            + ([num(_x100(mes["ce"][c]), 1)] if mes else [])
+            for c in rows
+        ]
+        head = ["corruption", "CE %", "relative CE %"] + (
+            ["CE % (measured AlexNet)"] if mes else []
+        )
+        means = (
+            f"mCE {num(_x100(pub['mce']), 1)}, relative mCE {num(_x100(pub['relative_mce']), 1)}, "
+            f"clean error {num(_x100(e['clean']), 1)} (by the {esc(pub['by'])})"
+        )
+        if mes:
+            means += f"; by the {esc(mes['by'])}: mCE {num(_x100(mes['mce']), 1)}"
+        partial = (
+            f"<p class=warn>partial: no result for {esc(', '.join(e['missing']))}; the means "
+            f"need every cell</p>"
+            if e["partial"]
+            else ""
+        )
+        errors = [e["errors"][c] for c in rows]
+        maps = heatmap(rows, errors, "top-1 error (%)", diverging=False)
+        if e["versus_published"]:
+            shown = [c for c in rows if c in e["versus_published"]]
+            deltas = [e["versus_published"][c] for c in shown]
+            published = [e["published_errors"][c] for c in shown]
+            title = "this run - published, points (published %)"
+            maps += heatmap(shown, deltas, title, diverging=True, beside=published)
+        out += [
+            f"<h2>ImageNet-C: {esc(e['model'])}, {esc(e['source'])}</h2>",
+            f"<p>{means}</p>{partial}",
+            f'<div class="plots">{maps}</div>',
+            table(head, table_rows, {1, 2, 3}),
+        ]
+    return "".join(out)
+
+
+TICKS = (1, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 98, 99)  # percent
+
+
+def robustness_plot(entry: dict[str, Any], val: str, scale: str) -> str:
+    """Shifted top-1 against val top-1 on scaled axes: the models (numbered as in the
+    table), the line through them, and y = x (no drop under the shift)."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from pipeline.reports.robustness import SCALES
+
+    to_axis = SCALES[scale][0]
+    rows = entry["models"]
+    xs = [to_axis(r["val_top1"] / 100) for r in rows]
+    ys = [to_axis(r["top1"] / 100) for r in rows]
+    fig = Figure(figsize=(5.0, 4.4))
+    ax = fig.subplots()
+    low, high = min(xs + ys), max(xs + ys)
+    ticks = [t for t in TICKS if low - 0.6 <= to_axis(t / 100) <= high + 0.6] or [1, 99]
+    span = [to_axis(ticks[0] / 100), to_axis(ticks[-1] / 100)]
+    ax.plot(span, span, ":", color="#777", lw=1, label="y = x (no shift)")
+    if entry["fit"]:
+        line = np.linspace(span[0], span[1], 50)
+        fitted = entry["fit"]["slope"] * line + entry["fit"]["intercept"]
+        ax.plot(line, fitted, "-", color="#a33", lw=1.2, label=f"{scale} fit")
+    ax.scatter(xs, ys, color="#2b5b84", zorder=3)
+    for k, (x, y) in enumerate(zip(xs, ys, strict=True), 1):  # the table's #: names collide
+        ax.annotate(str(k), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xticks([to_axis(t / 100) for t in ticks], [str(t) for t in ticks])
+    ax.set_yticks([to_axis(t / 100) for t in ticks], [str(t) for t in ticks])
+    ax.set(
+        xlabel=f"{val} top-1 (%, {scale} scale)",
+        ylabel=f"{entry['dataset']} top-1 (%, {scale} scale)",
+        title=f"Effective robustness: {entry['dataset']}",
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    return svg(fig)
+
+
+def effective_robustness(er: dict[str, Any]) -> str:
+    """Each shifted dataset's plot and its table of models; what was left out, and why."""
+    if not er or not (er["datasets"] or er["notes"]):
+        return ""
+    out = ["<h2>Effective robustness</h2>"]
+    out.append(
+        f"<p class=muted>Top-1 on each dataset against top-1 on {esc(er['val'])}, on "
+        f"{esc(er['scale'])}-scaled axes, with the least-squares line through the models "
+        f"(Taori et al. 2020). Effective robustness: a model's top-1 minus the line's at its "
+        f"{esc(er['val'])} top-1, in points.</p>"
+    )
+    plots, tables = [], []
+    for d in er["datasets"]:
+        if d["models"]:
+            plots.append(robustness_plot(d, er["val"], er["scale"]))
+        head = ["#", "model", f"{er['val']} top-1 %", f"{d['dataset']} top-1 %",
+                "on the line %", "effective robustness, points"]  # fmt: skip
+        rows = [
+            [k, r["model"], num(r["val_top1"], 2), num(r["top1"], 2),
+             num(r.get("expected_top1"), 2), num(r.get("effective_robustness"), 2)]
+            for k, r in enumerate(d["models"], 1)
+        ]  # fmt: skip
+        notes = "".join(f"<p class=warn>{esc(n)}</p>" for n in d["left_out"])
+        tables.append(f"<h3>{esc(d['dataset'])}</h3>{table(head, rows, {0, 2, 3, 4, 5})}{notes}")
+    out.append(f'<div class="plots">{"".join(plots)}</div>' + "".join(tables))
+    out += [f"<p class=warn>left out: {esc(n)}</p>" for n in er["notes"]]
+    return "".join(out)
+
+
+def _x100(value: float | None) -> float | None:
+    return None if value is None else 100 * value
+
+
+def render(report: dict[str, Any], shown: list[dict[str, Any]]) -> str:
+    body = first_run(report["runs"][0], shown, report["thumbnails"]["note"])
+    body += imagenet_c(report.get("imagenet_c", []))
+    body += effective_robustness(report.get("effective_robustness", {}))
+    if len(report["runs"]) > 1:
+        body += comparisons(report)
+    foot = (
+        f"Intervals: {esc(report['interval'])}; differences: "
+        f"{esc(report['difference_interval'])}; McNemar's exact test on per-image top-1 "
+        f"correctness. Made {esc(report['created'])}."
+    )
+    return (
+        f"<!doctype html><html><head><meta charset=utf-8><title>{TITLE}</title>"
+        f"<style>{CSS}</style></head><body><h1>alexnet-eval report</h1>"
+        f"<p class=muted>{esc(report['runs'][0]['dir'])}</p>{body}"
+        f"<p class=muted>{foot}</p></body></html>"
+    )
