@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from helpers import assert_same_predictions, photo_split, run_cli, split_args, uninterrupted
 
-from pipeline import run
+from pipeline import run, scoring
 from pipeline.errors import UserError
 from pipeline.reports.sweep import summarize
 from pipeline.runs import claims, parts, predictions
@@ -71,7 +71,7 @@ def test_finished_run_is_not_redone(config, tmp_path, parquet_file, monkeypatch,
     """Running again into a finished folder scores nothing and keeps the results."""
     cfg = config("dataset=parquet", f"dataset.data_files={parquet_file}", "model.weights=none")
     first = run.evaluate(cfg, tmp_path / "out")
-    monkeypatch.setattr(run, "score_rows", lambda *a, **k: pytest.fail("scored again"))
+    monkeypatch.setattr(scoring, "score_rows", lambda *a, **k: pytest.fail("scored again"))
     again = run.evaluate(cfg, tmp_path / "out")
     assert (
         again.row["n_images"] == first.row["n_images"]
