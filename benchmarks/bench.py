@@ -43,8 +43,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-IMPORTS = ("torch", "torchvision", "datasets", "hydra", "omegaconf", "pandas", "pyarrow", "tqdm")
-IMPORTS += ("PIL", "numpy", "safetensors", "pipeline.run")
+IMPORTS: tuple[str, ...] = ("torch", "torchvision", "datasets", "hydra", "omegaconf", "pandas")
+IMPORTS += ("pyarrow", "tqdm", "PIL", "numpy", "safetensors", "pipeline.run")
 
 
 # --------------------------------------------------------------- preflight
@@ -371,10 +371,10 @@ def model_only(batch_size: int, device: str, amp: str, seconds: float) -> float:
         counts.append(n)
 
     with threads_per_stream(streams, threads, dev):
-        threads = [threading.Thread(target=stream) for _ in range(streams)]
-        for t in threads:
+        workers = [threading.Thread(target=stream) for _ in range(streams)]
+        for t in workers:
             t.start()
-        for t in threads:
+        for t in workers:
             t.join()
     return sum(counts) / (time.perf_counter() - window[0])
 

@@ -50,7 +50,9 @@ def main() -> None:
 
     def crop(data: bytes) -> torch.Tensor:
         image = Image.open(io.BytesIO(data)).convert("RGB")
-        image = image.resize((298, 224), Image.BILINEAR)  # the short side to 224, as crop
+        image = image.resize(
+            (298, 224), Image.Resampling.BILINEAR
+        )  # the short side to 224, as crop
         return torch.from_numpy(np.asarray(image)[:, 37:261].copy()).permute(2, 0, 1)
 
     start = time.perf_counter()

@@ -43,17 +43,17 @@ class Finished:
         return metrics.row(self.plan, self.scores)
 
 
-def evaluate(cfg: Config, out_dir: Path) -> Finished | None:
+def evaluate(cfg: Config, out_dir: Path) -> Finished:
     """Score the configured split; write predictions.parquet + metrics.parquet to out_dir.
     The one place a run reads the Config: the rest is `execute`'s."""
     return execute(resolve.request(cfg), out_dir)
 
 
-def execute(asked: Request, out_dir: Path) -> Finished | None:
-    """Score the requested split into out_dir. Returns the finished run (None on ranks other
-    than 0 under torchrun). A signal (Ctrl-C, SIGTERM, Slurm's SIGUSR2) stops it between
-    batches with everything scored committed, raising `stop.Stopped`; a plain rerun into
-    the folder finishes it."""
+def execute(asked: Request, out_dir: Path) -> Finished:
+    """Score the requested split into out_dir. Returns the finished run (on every rank under
+    torchrun: rank 0 finishes the folder and hands it to the others). A signal (Ctrl-C,
+    SIGTERM, Slurm's SIGUSR2) stops it between batches with everything scored committed,
+    raising `stop.Stopped`; a plain rerun into the folder finishes it."""
     started = dt.datetime.now(dt.timezone.utc)
     with stop.cooperative() as stopper:
         group, device = distributed.setup(asked.runtime.device)
@@ -74,7 +74,7 @@ def _run(
     group: distributed.Group,
     stopper: stop.Stop,
     started: dt.datetime,
-) -> Finished | None:
+) -> Finished:
     hint = summary.resume_hint(folder.path)
     stopper.check(hint)
     inputs = load_inputs(asked, group)
@@ -85,7 +85,7 @@ def _run(
     )  # fmt: skip
     todo = group.on_rank0(lambda: missing_rows(folder, the_plan))
     if todo is None:
-        return already_complete(folder.path, the_plan) if group.rank == 0 else None
+        return group.on_rank0(lambda: already_complete(folder.path, the_plan))
     mine = distributed.share(todo, group)
     summary.note_start(the_plan, parts.rows_of(mine))
     if group.world > 1:
@@ -99,9 +99,7 @@ def _run(
     scored, wall = int(sum(group.gather(scored))), max(group.gather(wall))  # all ranks
     stopper.check(hint, signum=int(max(group.gather(stopper.signum or 0))))
     group.barrier()
-    if group.rank != 0:
-        return None
-    return finish(folder, the_plan, scored=scored, wall=wall)
+    return group.on_rank0(lambda: finish(folder, the_plan, scored=scored, wall=wall))
 
 
 def load_inputs(asked: Request, group: distributed.Group) -> Inputs:

@@ -18,13 +18,14 @@ from __future__ import annotations
 import ast
 import sys
 from pathlib import Path
+from typing import Any
 
 from torchvision.models import AlexNet_Weights
 
 OUT = Path(__file__).resolve().parent.parent / "pipeline" / "published" / "imagenet-c-alexnet.tsv"
 
 
-def assigned(path: str, name: str) -> object:
+def assigned(path: str, name: str) -> Any:
     """The literal value a Python file assigns to `name` at its top level."""
     tree = ast.parse(Path(path).read_text())
     for node in tree.body:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -112,7 +113,7 @@ def answering(checkpoints):
     """answering(c, then=None): a checkpoint whose top-1 is always class c (then `then`)."""
 
     def make(first: int, then: int | None = None):
-        def build(model: torch.nn.Module) -> None:
+        def build(model: Any) -> None:  # an AlexNet: classifier[6] is its last layer
             model.classifier[6].weight.zero_()
             model.classifier[6].bias.zero_()
             model.classifier[6].bias[first] = 20.0

@@ -7,7 +7,9 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -43,7 +45,7 @@ def photo_split(path, n: int, size=(96, 80)):
     """n small photo-like JPEGs as hub-style Parquet, labels i*7 % 1000 (built once)."""
     if not path.exists():
         encoded = [jpeg(photo(seed, size)) for seed in range(17)]
-        rows = {
+        rows: dict[str, list[Any]] = {
             "image": [{"bytes": encoded[i % 17], "path": f"{i}.jpg"} for i in range(n)],
             "label": [i * 7 % 1000 for i in range(n)],
         }
@@ -56,7 +58,9 @@ def realistic_split(path, n: int = 200, seed: int = 0):
     photographs (pipeline/sample/corpus.py), as hub-style Parquet."""
     from pipeline.sample import corpus
 
-    rows = {"image": [{"bytes": corpus.jpeg(i, seed), "path": f"{i}.jpg"} for i in range(n)]}
+    rows: dict[str, list[Any]] = {
+        "image": [{"bytes": corpus.jpeg(i, seed), "path": f"{i}.jpg"} for i in range(n)]
+    }
     rows["label"] = [i % 1000 for i in range(n)]
     hub_dataset(rows).to_parquet(path)
     return path
@@ -191,7 +195,7 @@ def user_files(root, files: dict[str, bytes]) -> None:
         (root / name).write_bytes(data)
 
 
-def folder_of(tmp_path, names: list[str], per_class: int = 2, empty: list[str] = ()):
+def folder_of(tmp_path, names: list[str], per_class: int = 2, empty: Sequence[str] = ()):
     """An image folder: per_class images in a folder per name (plus empty folders)."""
     root = tmp_path / "folder"
     for k, name in enumerate(names):
@@ -212,7 +216,7 @@ def headless(tmp_path, *args: str) -> str:
     profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
     return subprocess.run(
         [
-            chromium(),
+            str(chromium()),
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
@@ -233,3 +237,16 @@ def headless(tmp_path, *args: str) -> str:
 needs_chromium = pytest.mark.skipif(
     chromium() is None, reason="headless Chromium is not installed (.ci/run installs it)"
 )
+
+
+def crop_of(pre, data, row: int = 0):
+    """A Preprocess's uint8 crop of encoded bytes (or an image value), as a worker makes it
+    for the pil and tensor backends."""
+    import torch
+
+    from pipeline.data.images import Roots
+
+    image = data if isinstance(data, dict) else {"bytes": data, "path": None}
+    out = pre(image, Roots(), row)
+    assert isinstance(out, torch.Tensor)
+    return out

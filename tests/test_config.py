@@ -87,30 +87,36 @@ def test_output_dir_in_a_sweep_is_refused():
     check_command_line(["output_dir=/tmp/x", "--cfg", "job"])
 
 
-def readme_commands() -> list[list[str]]:
-    """Every `python -m pipeline ...` line of the README, split as bash would split it."""
+def documented_commands() -> list[tuple[str, list[str]]]:
+    """Every `python -m pipeline ...` (and `torchrun ... -m pipeline ...`) line of the
+    README and docs/, split as bash would split it: (where, its arguments)."""
+    import re
     import shlex
 
-    lines, text = [], (CONF_DIR.parent / "README.md").read_text()
-    for line in text.replace("\\\n", " ").splitlines():
-        line = line.strip().split("  #")[0]
-        if line.startswith("python -m pipeline ") and not line.startswith("python -m pipeline."):
-            lines.append(shlex.split(line)[3:])
-    return lines
+    root = CONF_DIR.parent
+    found = []
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        text = page.read_text().replace("\\\n", " ")
+        for line in text.splitlines():
+            line = line.strip().split("  #")[0].strip()
+            match = re.match(r"(?:torchrun .*?-m pipeline|python -m pipeline)( .*)?$", line)
+            if match and not line.startswith("python -m pipeline."):
+                found.append((f"{page.name}: {line}", shlex.split(match[1] or "")))
+    return found
 
 
-def test_every_readme_command_parses_as_pasted():
-    """Each README command, pasted into bash, gives Hydra overrides it can parse (quoting
-    included: validation[:1000] must reach Hydra quoted) and keys the schema has."""
-    from hydra._internal.utils import get_args_parser
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    commands = readme_commands()
-    assert len(commands) >= 10
-    parser = OverridesParser.create()
-    for argv in commands:
-        check_override_keys(argv)
-        parser.parse_overrides(get_args_parser().parse_args(argv).overrides)
+def test_every_documented_command_passes_the_command_line_check(tmp_path, monkeypatch):
+    """Each command of the README and docs/, pasted into bash (quoting included:
+    validation[:1000] must reach Hydra quoted), passes the whole up-front check: keys,
+    options, every job's values, extras and folders. No example can rot."""
+    commands = documented_commands()
+    assert len(commands) >= 35
+    monkeypatch.chdir(tmp_path)  # relative output folders land here
+    for where, argv in commands:
+        try:
+            check_command_line(argv)
+        except UserError as e:
+            pytest.fail(f"{where}\n  refused: {e}")
 
 
 def test_split_slices_need_hydra_quotes(config):

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import jpeg, photo, realistic_split
+from helpers import crop_of, jpeg, photo, realistic_split
 from PIL import Image
 from torchvision.models import AlexNet_Weights
 
@@ -34,8 +34,8 @@ def test_tensor_backend_is_within_one_level_of_the_reference(fmt):
     """Tensor decode + uint8 resize differs from the PIL reference by at most 1 level."""
     for seed in range(4):
         raw = encode(photo(seed, (500, 375)), fmt)
-        ref = PIL_PRE({"bytes": raw, "path": None}, Roots())
-        fast = FAST_PRE({"bytes": raw, "path": None}, Roots())
+        ref = crop_of(PIL_PRE, raw)
+        fast = crop_of(FAST_PRE, raw)
         diff = (ref.int() - fast.int()).abs()
         assert fast.dtype == torch.uint8 and fast.shape == ref.shape
         assert diff.max() <= 1, (fmt, seed, int(diff.max()))
@@ -53,15 +53,15 @@ def test_tensor_backend_is_within_one_level_of_the_reference(fmt):
 )
 def test_tensor_backend_hands_other_formats_to_pillow(raw):
     """Formats and modes the tensor decoders do not take go through Pillow, pixel for pixel."""
-    ref = PIL_PRE({"bytes": raw, "path": None}, Roots())
-    assert torch.equal(FAST_PRE({"bytes": raw, "path": None}, Roots()), ref)
+    ref = crop_of(PIL_PRE, raw)
+    assert torch.equal(crop_of(FAST_PRE, raw), ref)
 
 
 def test_truncated_jpeg_is_an_error_in_the_tensor_backend_too():
     """A truncated JPEG is an error row in both backends, not a half-gray image."""
     good = jpeg(photo(0))
     with pytest.raises(ValueError, match=r"(?i)truncated|incomplete"):
-        FAST_PRE({"bytes": good[: len(good) // 2], "path": None}, Roots())
+        crop_of(FAST_PRE, good[: len(good) // 2])
 
 
 def test_low_precision_normalize_is_close_to_fp32():
@@ -102,7 +102,7 @@ def test_torchvision_io_stands_in_without_torchcodec(monkeypatch):
     import torchvision.io
 
     raw = jpeg(photo(0, (500, 375)))
-    with_codec = FAST_PRE({"bytes": raw, "path": None}, Roots())
+    with_codec = crop_of(FAST_PRE, raw)
     calls = []
     real = torchvision.io.decode_image
 
@@ -114,7 +114,7 @@ def test_torchvision_io_stands_in_without_torchcodec(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)  # its import now fails
     transforms._tensor_decoder.cache_clear()
     try:
-        without = FAST_PRE({"bytes": raw, "path": None}, Roots())
+        without = crop_of(FAST_PRE, raw)
     finally:
         transforms._tensor_decoder.cache_clear()
     assert calls and (with_codec.int() - without.int()).abs().max() <= 1
@@ -178,8 +178,8 @@ def test_no_backend_applies_exif_orientation(fmt, value):
     torchvision's ImageFolder loader and the published numbers (TorchCodec turns images
     upright; that is undone)."""
     raw = oriented(fmt, value)
-    ref = PIL_PRE({"bytes": raw, "path": None}, Roots())
-    fast = FAST_PRE({"bytes": raw, "path": None}, Roots())
+    ref = crop_of(PIL_PRE, raw)
+    fast = crop_of(FAST_PRE, raw)
     assert (ref.int() - fast.int()).abs().max() <= 1, (fmt, value)
     stored = Image.open(io.BytesIO(raw)).convert("RGB")
     assert torch.equal(ref, PIL_PRE.crop(stored))  # the Pillow path applies no rotation
@@ -207,7 +207,7 @@ def test_device_backend_takes_rotated_jpegs_in_the_worker():
         device({"bytes": oriented("JPEG", 1), "path": None}, Roots()), transforms.Encoded
     )
     rotated = device({"bytes": oriented("JPEG", 6), "path": None}, Roots())
-    ref = PIL_PRE({"bytes": oriented("JPEG", 6), "path": None}, Roots())
+    ref = crop_of(PIL_PRE, oriented("JPEG", 6))
     assert isinstance(rotated, torch.Tensor) and (rotated.int() - ref.int()).abs().max() <= 1
     assert isinstance(device({"bytes": oriented("PNG", 1), "path": None}, Roots()), torch.Tensor)
 

@@ -52,7 +52,7 @@ def test_fp16_autocast_keeps_the_fp32_top1(config, tmp_path, forty, peaked_check
     )
     fp16 = predictions(config, tmp_path / "fp16", forty, peaked_checkpoint, "device=cuda")
     assert (fp16["pred"] == fp32["pred"]).mean() >= 0.95
-    assert claims.read_plan(tmp_path / "fp16").amp == "float16"
+    assert claims.read_plan(tmp_path / "fp16").runtime.amp == "float16"
 
 
 def test_device_decoding_on_cuda_gives_the_tensor_backend(

@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import signal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -77,7 +78,7 @@ def small_bomb_limit(monkeypatch):
 @pytest.fixture
 def hostile_parquet(tmp_path):
     path = tmp_path / "hostile.parquet"
-    rows = {
+    rows: dict[str, list[Any]] = {
         "image": [{"bytes": raw, "path": name} for name, raw, _ in CASES],
         "label": [i % 7 for i in range(len(CASES))],
     }
@@ -133,7 +134,9 @@ def test_on_error_raise_names_the_row(config, tmp_path, hostile_parquet, small_b
 def test_unknown_labels_are_left_out_of_accuracy(config, tmp_path):
     """Labels -1 and null are scored but not counted; correct_* are null for them."""
     path = tmp_path / "unlabeled.parquet"
-    rows = {"image": [{"bytes": jpeg(photo(i)), "path": None} for i in range(4)]}
+    rows: dict[str, list[Any]] = {
+        "image": [{"bytes": jpeg(photo(i)), "path": None} for i in range(4)]
+    }
     rows["label"] = [-1, None, 5, -1]
     hub_dataset(rows).to_parquet(path)
     cfg = config("dataset=parquet", f"dataset.data_files={path}", "model.weights=none")

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -162,7 +163,7 @@ def periodic_split(path: Path, n: int) -> Path:
     are an uninterrupted run's over its first PERIOD rows, repeated (built once)."""
     if not path.exists():
         encoded = [jpeg(photo(seed, (96, 80))) for seed in range(17)]
-        rows = {
+        rows: dict[str, list[Any]] = {
             "image": [{"bytes": encoded[i % 17], "path": f"{i}.jpg"} for i in range(n)],
             "label": [(i % PERIOD) * 7 % 1000 for i in range(n)],
         }

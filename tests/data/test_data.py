@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -111,7 +112,7 @@ def test_missing_dataset_is_one_clear_error(tmp_path):
 def test_streaming_yields_the_same_batches_as_map_style(parquet_file):
     """A streamed split, read in chunks, gives the same rows in the same order as a loaded one."""
     pre = transforms.Preprocess.from_transforms(WEIGHTS.transforms())
-    common = dict(
+    common: dict[str, Any] = dict(
         batch_size=5,
         num_workers=0,
         pin_memory=False,
@@ -194,7 +195,10 @@ def test_relative_image_paths_resolve_against_the_dataset_folder(config, tmp_pat
     (saved / "imgs").mkdir(parents=True)
     for i in range(3):
         (saved / "imgs" / f"{i}.jpg").write_bytes(jpeg(photo(i)))
-    rows = {"image": [f"imgs/{i}.jpg" for i in range(3)], "label": [0, 1, 2]}  # plain strings
+    rows: dict[str, list[Any]] = {
+        "image": [f"imgs/{i}.jpg" for i in range(3)],
+        "label": [0, 1, 2],
+    }  # plain strings
     features = datasets.Features(
         {"image": datasets.Value("string"), "label": datasets.Value("int64")}
     )
@@ -217,7 +221,9 @@ def test_absolute_paths_outside_the_dataset_need_dataset_image_roots(config, tmp
     shared.mkdir()
     for i in range(2):
         (shared / f"{i}.jpg").write_bytes(jpeg(photo(i)))
-    rows = {"image": [{"bytes": None, "path": str(shared / f"{i}.jpg")} for i in range(2)]}
+    rows: dict[str, list[Any]] = {
+        "image": [{"bytes": None, "path": str(shared / f"{i}.jpg")} for i in range(2)]
+    }
     rows["label"] = [0, 1]
     path = tmp_path / "data" / "val.parquet"
     path.parent.mkdir()

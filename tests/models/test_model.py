@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,7 +100,7 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
     assert not marker.exists()
 
 
-def stage(torch_home, name: str, state_dict) -> object:
+def stage(torch_home, name: str, state_dict) -> Path:
     path = torch_home / "hub" / "checkpoints" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state_dict, path)
@@ -207,7 +208,7 @@ def test_cuda_n_becomes_the_current_device(monkeypatch):
     """device=cuda:1 makes GPU 1 current (else DataLoader's pin-memory thread works on 0)."""
     from pipeline import distributed
 
-    current = []
+    current: list[torch.device] = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_device", current.append)
@@ -230,8 +231,14 @@ def test_normalization_constants_are_made_once_per_device(monkeypatch):
 
     from pipeline.data.transforms import Preprocess
 
-    made, real = [], torch.tensor
-    monkeypatch.setattr(torch, "tensor", lambda *a, **k: made.append(a) or real(*a, **k))
+    made: list[tuple] = []
+    real = torch.tensor
+
+    def counted(*a, **k):
+        made.append(a)
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch, "tensor", counted)
     pre = Preprocess.from_transforms(AlexNet_Weights.IMAGENET1K_V1.transforms())
     batch = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
     pre.normalize(batch, torch.float64)  # a dtype nothing else normalizes in: a first batch

@@ -22,6 +22,7 @@ from helpers import (
     GOLDFISH,
     SPRINGER,
     TENCH,
+    crop_of,
     folder_of,
     load_model,
     photo_split,
@@ -59,7 +60,7 @@ def ours(loaded, image: Image.Image) -> torch.Tensor:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     preprocess = Preprocess.from_transforms(loaded.transforms)
-    return preprocess({"bytes": buffer.getvalue(), "path": None}, None)
+    return crop_of(preprocess, buffer.getvalue())
 
 
 def answering_timm(tmp_path, first: int, then: int | None = None) -> str:
@@ -134,7 +135,7 @@ def test_timm_squash_crop_mode_equals_timms_transform():
         image = noise(size, 1)
         buffer = io.BytesIO()
         image.save(buffer, "PNG")
-        crop = preprocess({"bytes": buffer.getvalue(), "path": None}, None)
+        crop = crop_of(preprocess, buffer.getvalue())
         assert torch.equal(preprocess.normalize(crop[None])[0], reference(image))
     with pytest.raises(UserError, match="crop_mode border"):
         from_timm.eval_transform(config | {"crop_mode": "border"}, "bordered")
@@ -222,7 +223,7 @@ def test_timm_weights_load_offline_from_the_hub_cache(repo_root, tmp_path):
         f"model.arch=timm:{TINY_TIMM}",
         "progress=false",
     ]
-    rows = []
+    rows: list[pd.Series] = []
     for extra in ([], ["model.crop=192"]):
         out = tmp_path / f"run{len(rows)}"
         proc = run_cli([*args, *extra, f"output_dir={out}"], cwd=repo_root, HF_HOME=str(home))

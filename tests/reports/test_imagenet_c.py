@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import GOLDFISH, SPRINGER, TENCH, jpeg, photo, run_cli, wnid
+from helpers import GOLDFISH, SPRINGER, TENCH, crop_of, jpeg, photo, run_cli, wnid
 from PIL import Image
 
 from pipeline import run
@@ -165,7 +165,8 @@ def test_the_published_alexnet_table_averages_to_augmix_means():
     ).read_text()
     means = {r.split("\t")[0]: float(r.split("\t")[6]) for r in text.splitlines()[1:]}
     for c, errors in table.errors.items():
-        assert round(sum(errors) / 5, 6) == round(means[c], 6)
+        known = [e for e in errors if e is not None]
+        assert len(known) == 5 and round(sum(known) / 5, 6) == round(means[c], 6)
     acc1 = AlexNet_Weights.IMAGENET1K_V1.meta["_metrics"]["ImageNet-1K"]["acc@1"]
     assert table.clean == pytest.approx(1 - acc1 / 100)
 
@@ -319,14 +320,13 @@ def test_on_the_fly_corruption_is_the_same_for_a_row_however_it_is_reached(name)
 
     pre = Preprocess.from_transforms(AlexNet_Weights.IMAGENET1K_V1.transforms(), corrupt=(name, 3))
     image = {"bytes": jpeg(photo(5, (300, 260))), "path": None}
-    from pipeline.data.images import Roots
 
-    first = pre(image, Roots(), row=17)
+    first = crop_of(pre, image, row=17)
     np.random.seed(12345)
     np.random.random(1000)
-    again = pre(image, Roots(), row=17)
+    again = crop_of(pre, image, row=17)
     assert torch.equal(first, again) and first.shape == (3, 224, 224)
-    assert not torch.equal(first, pre(image, Roots(), row=18))
+    assert not torch.equal(first, crop_of(pre, image, row=18))
 
 
 def test_on_the_fly_runs_are_labelled_approximate_and_resume_the_same(config, tmp_path, answering):
@@ -340,8 +340,8 @@ def test_on_the_fly_runs_are_labelled_approximate_and_resume_the_same(config, tm
     assert np.stack(a["topk"]).tolist() == np.stack(b["topk"]).tolist()
     plan = claims.read_plan(tmp_path / "a")
     assert (plan.pixels.corruption, plan.pixels.severity) == ("fog", 3)
-    assert "imagecorruptions-imaug" in plan.pixels.corruption_source
-    assert "on the fly (approximate)" in plan.pixels.corruption_source
+    assert "imagecorruptions-imaug" in str(plan.pixels.corruption_source)
+    assert "on the fly (approximate)" in str(plan.pixels.corruption_source)
 
 
 def test_on_the_fly_without_its_extra_is_one_line(config, tmp_path, monkeypatch):

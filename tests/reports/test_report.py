@@ -8,6 +8,7 @@ import math
 import re
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from helpers import GOLDFISH, TENCH, headless, hub_dataset, jpeg, needs_chromium, photo
@@ -27,7 +28,9 @@ def two_class_runs(config, tmp_path, answering):
     answers tench, run B goldfish."""
     import datasets
 
-    rows = {"image": [{"bytes": jpeg(photo(i)), "path": f"{i}.jpg"} for i in range(10)]}
+    rows: dict[str, list[Any]] = {
+        "image": [{"bytes": jpeg(photo(i)), "path": f"{i}.jpg"} for i in range(10)]
+    }
     rows["label"] = [0] * 6 + [1] * 4
     path = tmp_path / "two.parquet"
     hub_dataset(rows, label=datasets.ClassLabel(names=["tench", "goldfish"])).to_parquet(path)
@@ -159,7 +162,9 @@ def test_runs_without_labeled_scored_images_report_na(config, tmp_path, capsys, 
     if kind == "unlabeled":
         run.evaluate(config("model.weights=none", "dataset.label_column=null"), out)
     else:
-        rows = {"image": [{"bytes": b"not an image", "path": f"{i}.jpg"} for i in range(3)]}
+        rows: dict[str, list[Any]] = {
+            "image": [{"bytes": b"not an image", "path": f"{i}.jpg"} for i in range(3)]
+        }
         rows["label"] = [0, 1, 0]
         path = tmp_path / "broken.parquet"
         hub_dataset(rows, label=datasets.ClassLabel(names=["tench", "goldfish"])).to_parquet(path)
@@ -184,7 +189,9 @@ def label_runs(config, tmp_path, answering, **variants: list[str]):
     among the two classes unless they say otherwise)."""
     import datasets
 
-    rows = {"image": [{"bytes": jpeg(photo(i)), "path": f"{i}.jpg"} for i in range(10)]}
+    rows: dict[str, list[Any]] = {
+        "image": [{"bytes": jpeg(photo(i)), "path": f"{i}.jpg"} for i in range(10)]
+    }
     rows["label"] = [0] * 6 + [1] * 4
     path = tmp_path / "two.parquet"
     hub_dataset(rows, label=datasets.ClassLabel(names=["tench", "goldfish"])).to_parquet(path)
@@ -219,7 +226,9 @@ def test_thumbnails_are_left_out_when_the_dataset_changed(config, tmp_path, answ
     assert report.write([first], n_thumbnails=2)["thumbnails"]["shown"] == 2
     import datasets
 
-    rows = {"image": [{"bytes": jpeg(photo(i + 50)), "path": f"new{i}.jpg"} for i in range(10)]}
+    rows: dict[str, list[Any]] = {
+        "image": [{"bytes": jpeg(photo(i + 50)), "path": f"new{i}.jpg"} for i in range(10)]
+    }
     rows["label"] = [0] * 6 + [1] * 4
     names = datasets.ClassLabel(names=["tench", "goldfish"])
     hub_dataset(rows, label=names).to_parquet(tmp_path / "two.parquet")
@@ -291,7 +300,9 @@ def test_long_ids_in_captions_stay_inside_their_thumbnails(config, tmp_path, ans
     Chromium lays the page out (a probe script in a copy of the page measures it)."""
     import datasets
 
-    rows = {"image": [{"bytes": jpeg(photo(i)), "path": f"{i}.jpg"} for i in range(8)]}
+    rows: dict[str, list[Any]] = {
+        "image": [{"bytes": jpeg(photo(i)), "path": f"{i}.jpg"} for i in range(8)]
+    }
     rows["label"] = [1] * 8
     rows["id"] = ["a_very_long_identifier_without_any_spaces_" * 3 + f"{i:03d}" for i in range(8)]
     path = tmp_path / "long.parquet"

@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from helpers import (
@@ -35,7 +36,9 @@ def labelled(path, labels: list[int], names=None):
     """A Parquet split of photos with these labels (ImageNet ids, or indices into `names`)."""
     import datasets
 
-    rows = {"image": [{"bytes": jpeg(photo(i)), "path": f"{i}.jpg"} for i in range(len(labels))]}
+    rows: dict[str, list[Any]] = {
+        "image": [{"bytes": jpeg(photo(i)), "path": f"{i}.jpg"} for i in range(len(labels))]
+    }
     rows["label"] = labels
     label = datasets.ClassLabel(names=names) if names else None
     hub_dataset(rows, label=label).to_parquet(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
@@ -30,7 +31,7 @@ def test_hits_count_top1_and_top5():
 
 def test_accuracy_counts_only_labeled_scored_rows(tmp_path):
     """top-1/top-5 are percent over rows that have a label and were scored."""
-    tables = []
+    tables: list[pa.Table] = []
     writer = predictions.PredictionWriter(
         tables.append, [f"c{i}" for i in range(10)], predictions.schema(), commit_rows=100
     )
@@ -54,4 +55,5 @@ def test_accuracy_counts_only_labeled_scored_rows(tmp_path):
     pq.write_table(tables[0], out)
     r = metrics.accuracy(out)
     assert (r.n_images, r.n_scored, r.n_errors, r.n_labeled) == (5, 4, 1, 3)
+    assert r.top1 is not None and r.top5 is not None
     assert math.isclose(r.top1, 100 / 3) and math.isclose(r.top5, 200 / 3)

@@ -110,7 +110,7 @@ def test_a_signal_at_any_point_of_landing_is_resumed_exactly(
     assert f"output_dir={out}" in str(stopped.value)
     committed = parts.committed_rows(out)
     assert 0 < committed < N and not (out / claims.PREDICTIONS).exists()
-    launched = []
+    launched: list[int] = []
     monkeypatch.setattr(inference, "launch", counting(inference.launch, launched))
     run.evaluate(config(*args), out)
     assert sum(launched) == N - committed  # exactly the missing rows
@@ -141,7 +141,7 @@ def test_parts_with_gaps_overlaps_and_damage_are_finished_exactly(
     pq.write_table(table.slice(13, 4), damaged)
     damaged.write_bytes(damaged.read_bytes()[:-20])  # footer cut off
     (folder / ".part-000000000017-000000000020.parquet.123-abc123.tmp").write_bytes(b"half")
-    launched = []
+    launched: list[int] = []
     monkeypatch.setattr(inference, "launch", counting(inference.launch, launched))
     run.evaluate(config(*args), tmp_path / "out")
     assert sum(launched) == 3 + 7 + 9  # 9..12, 13..20, 31..40
@@ -157,9 +157,9 @@ def test_a_part_whose_rows_do_not_match_its_name_is_damaged(tmp_path, whole):
     pq.write_table(table, path)
     schema = predictions.schema()
     assert parts.why_damaged(path, 0, 8, schema) is None
-    assert "holds 8 rows" in parts.why_damaged(path, 0, 9, schema)
-    assert "index column" in parts.why_damaged(path, 1, 9, schema)
-    assert "columns" in parts.why_damaged(path, 0, 8, predictions.schema("string"))
+    assert "holds 8 rows" in str(parts.why_damaged(path, 0, 9, schema))
+    assert "index column" in str(parts.why_damaged(path, 1, 9, schema))
+    assert "columns" in str(parts.why_damaged(path, 0, 8, predictions.schema("string")))
 
 
 def test_resume_under_other_results_settings_is_refused(config, args, tmp_path, monkeypatch):
