@@ -44,3 +44,6 @@ class Library(str, Enum):
     torchvision = "torchvision"
     timm = "timm"
     hf = "hf"
+    module = "module"  # your own: module:PKG.MODULE:FUNCTION
+    onnx = "onnx"  # an ONNX file, under onnxruntime
+    pt2 = "pt2"  # a torch.export program

@@ -23,8 +23,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from pipeline import resolve
-from pipeline.config import CONF_DIR, GROUPS, Config, register, schema_keys, typed
-from pipeline.errors import UserError, installed
+from pipeline.config import CONF_DIR, GROUPS, OPEN_KEYS, Config, register, schema_keys, typed
+from pipeline.errors import UserError, first_line, installed
 
 LAUNCHER_EXTRAS = {"slurm": "slurm", "submitit_slurm": "slurm", "submitit_local": "slurm"}
 MAIN = Path(__file__).with_name("__main__.py")  # where Hydra reads a relative --config-path from
@@ -137,7 +137,7 @@ def _parse(overrides: list[str]) -> list[Any]:
     try:
         return OverridesParser.create().parse_overrides(overrides)
     except OverrideParseException as e:
-        raise UserError(f"Cannot parse the command line: {_first_line(e)}") from None
+        raise UserError(f"Cannot parse the command line: {first_line(e)}") from None
 
 
 def _search_dirs(overrides: list[Any], primary: Primary) -> list[Path]:
@@ -173,6 +173,8 @@ def _check_key(override: Any, search_dirs: list[Path]) -> None:
                     f"{key}={value} is not a config of {key}/.{_did_you_mean(value, options)} "
                     f"Valid: {', '.join(options)}"
                 )
+        return
+    if key.startswith(tuple(f"{k}." for k in OPEN_KEYS)):  # a builder's own: Hydra checks
         return
     valid = schema_keys()
     if key not in valid:
@@ -250,22 +252,22 @@ def _compose_checked(hydra: Any, name: str, job: list[str], mode: Any = None) ->
         key = getattr(e, "full_key", "") or "a value"
         raise UserError(f"{key} is required here: add {key}=... to the command line") from None
     except MissingConfigException as e:
-        raise UserError(_first_line(e)) from None
+        raise UserError(first_line(e)) from None
     except ConfigCompositionException as e:
         cause = e.__cause__ or e.__context__  # a config file's value: raised without `from`
         if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
             raise UserError(_value_error(cause, job)) from None
-        raise UserError(_first_line(e)) from None
+        raise UserError(first_line(e)) from None
     except OmegaConfBaseException as e:
         if getattr(e, "full_key", None):
             raise UserError(_value_error(e, job)) from None
-        raise UserError(_first_line(e)) from None
+        raise UserError(first_line(e)) from None
 
 
 def _value_error(cause: Any, job: list[str]) -> str:
     """`batch_size=abc; it must be an integer` / `backend=cuda; valid: pil, tensor, device`."""
     key = cause.full_key
-    message = _first_line(cause)
+    message = first_line(cause)
     given = next((o.split("=", 1)[1] for o in reversed(job) if o.split("=", 1)[0] == key), None)
     if given is None:  # set in a config file, not on the command line
         found = re.match(r"Value '(.*)' of type", message)
@@ -279,12 +281,9 @@ def _value_error(cause: Any, job: list[str]) -> str:
     if "could not be converted to" in message:
         kind = message.rsplit("converted to ", 1)[1].lower()
         return f"{key}={given}; it must be {'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+    if "is not in struct" in message and key.startswith(tuple(f"{k}." for k in OPEN_KEYS)):
+        return f"{key}={given}: a new key; add it with +{key}={given}"
     return f"{key}={given}: {message}"
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _check_folder(hydra_node: Any, mode: Any) -> None:

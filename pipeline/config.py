@@ -65,6 +65,12 @@ class ModelConfig:
     resize: int | None = None
     crop: int | None = None
     interpolation: Interpolation | None = None
+    mean: list[float] | None = None  # normalization, for a module or an export without its own
+    std: list[float] | None = None
+    # the head's classes: imagenet-1k, or a file with one name per line in output order
+    # (a checkpoint whose head has other classes, a module, an export without metadata)
+    classes: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)  # model.arch=module:...'s arguments
 
 
 @dataclass
@@ -134,6 +140,9 @@ NESTED = {
     "shard": ShardConfig,
     "metrics": MetricsConfig,
 }
+
+
+OPEN_KEYS = ("model.kwargs",)  # dicts whose keys are the user's: +model.kwargs.NAME=VALUE
 
 
 def schema_keys() -> list[str]:

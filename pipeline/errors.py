@@ -15,6 +15,12 @@ class UserError(Exception):
     exit_code = 2
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's message as one line (its type's name when it has none)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def optional(module: str, extra: str, needed_by: str) -> ModuleType:
     """An optional dependency, imported, or one line naming the extra that brings it."""
     try:

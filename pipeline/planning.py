@@ -83,12 +83,16 @@ def model_plan(model: LoadedModel, corruption: Corruption) -> ModelPlan:
         head=model.head,
         weights_sha256=model.sha256,
         preprocess=f"{model.preprocess}: {model.transforms.describe()}{crop_only}",
+        classes=model.classes.kind,
         categories=tuple(model.categories),
+        model_kwargs=model.kwargs,
         weights_path=model.file,
         params=model.params,
         gmacs=model.gmacs,
         published_ref=(published.top1, published.top5) if published else None,
         published_by=published.by if published else None,
+        exported_from=model.exported_from,
+        exported_from_sha256=model.exported_from_sha256,
     )
 
 

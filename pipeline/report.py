@@ -6,7 +6,9 @@ Written into the first RUN folder (reports/numbers.py makes the numbers, reports
 the page): one self-contained page, and every number it shows under stable keys. Runs
 over the same rows as the first get a paired comparison with it; runs over other data a
 side-by-side row. Models run on val and on shifted datasets get the effective-robustness
-plot.
+plot. A run of an export (python -m pipeline.export) beside its source's run is compared
+with it image by image: top-1 flips, top-5 set changes, the largest probability change,
+the flipped images.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import warnings
 from pathlib import Path
 
 from pipeline.errors import one_line
-from pipeline.reports import mce, robustness, stats
+from pipeline.reports import exports, mce, robustness, stats
 from pipeline.reports.numbers import targets, write
 
 
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
             f"vs {p['run']}: agreement {num(p['agreement'], 4)}, top-1 "
             f"{stats.signed(p['top1_diff'])} points, McNemar p={num(p['mcnemar_p'], 3, 'g')}"
         )
+    for entry in report["exports"]:
+        print(exports.line(entry))
     for entry in report["imagenet_c"]:
         print("\n".join(mce.lines(entry)))
     for line in robustness.lines(report["effective_robustness"]):

@@ -72,6 +72,10 @@ class ModelRequest:
     resize: int | None = None
     crop: int | None = None
     interpolation: Interpolation | None = None
+    mean: tuple[float, ...] | None = None  # a module's or an export's normalization, given
+    std: tuple[float, ...] | None = None
+    classes: str | None = None  # the head's classes: imagenet-1k, or a file of names
+    kwargs: tuple[tuple[str, Any], ...] = ()  # a module's builder's keyword arguments
 
     @property
     def arch(self) -> str:

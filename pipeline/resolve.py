@@ -136,16 +136,26 @@ def model(m: ModelConfig) -> ModelRequest:
             f"model.name={m.name} is read by model=timm and model=hf (their arch is "
             f"LIBRARY:NAME), but model.arch={m.arch}: set one of them"
         )
-    if m.preprocess is not None and library is not Library.torchvision:
+    if m.preprocess is not None and library in (Library.timm, Library.hf):
         raise UserError(
-            f"model.preprocess names torchvision weights; {library.value} models bring their "
-            f"own (override it with model.resize, model.crop, model.interpolation)"
+            f"model.preprocess is for checkpoints, modules and exports; {library.value} models "
+            f"bring their own (override it with model.resize, crop, interpolation, mean, std)"
+        )
+    if m.kwargs and library is not Library.module:
+        raise UserError(
+            f"model.kwargs are the arguments of model.arch=module:PKG.MODULE:FUNCTION; "
+            f"model.arch={m.arch} takes none"
         )
     for key, value in (("model.resize", m.resize), ("model.crop", m.crop)):
         if value is not None and value < 1:
             raise UserError(f"{key}={value}; it must be 1 or more, or null for the model's own")
     if entry.needs is not None:
         require(*entry.needs, f"model.arch={m.arch}")
+    for key, values in (("model.mean", m.mean), ("model.std", m.std)):
+        if values is not None and len(values) != 3:
+            raise UserError(f"{key}={list(values)}; give one number per channel: [r, g, b]")
+    if m.std is not None and 0 in m.std:
+        raise UserError(f"model.std={list(m.std)}: a channel's std cannot be 0")
     return ModelRequest(
         library=library,
         name=name,
@@ -155,4 +165,8 @@ def model(m: ModelConfig) -> ModelRequest:
         resize=m.resize,
         crop=m.crop,
         interpolation=m.interpolation,
+        mean=None if m.mean is None else tuple(m.mean),
+        std=None if m.std is None else tuple(m.std),
+        classes=m.classes,
+        kwargs=tuple(sorted(plain(m.kwargs).items())),
     )

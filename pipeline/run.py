@@ -18,8 +18,11 @@ from typing import Any
 from pipeline import distributed, planning, resolve, settings, stop, summary
 from pipeline.config import Config
 from pipeline.data import corrupt, labels, loader, source
+from pipeline.data.classes import Classes
+from pipeline.data.imagenet import IMAGENET_1K
 from pipeline.data.real import RealLabels
 from pipeline.errors import UserError
+from pipeline.models import registry
 from pipeline.models.load import load_model, start_hashing
 from pipeline.request import Request
 from pipeline.runs import claims, metrics, parts
@@ -103,25 +106,42 @@ def _run(
 
 
 def load_inputs(asked: Request, group: distributed.Group) -> Inputs:
-    """The split, what its labels mean, the ReaL labels if asked for, and the model: in
-    that order, so that a label refusal never waits for the weights."""
+    """The split, what its labels mean as the head's classes, the ReaL labels if asked for,
+    and the model: in that order where the head's classes are known before its weights, so
+    that a label refusal never waits for them."""
     start_hashing(asked.model)  # while the dataset loads
     split = group.rank0_first(lambda: source.load_split(asked.source))
+    early = registry.source(asked.model.library).head_classes(asked.model)
+    model = None if early is not None else load_model(asked.model)
+    classes = early if early is not None else model.classes  # type: ignore[union-attr]
+    imagenet_only(asked, classes)
+    space = resolve_labels(asked, split, classes)
+    real = load_real(asked.real_labels, split)
+    model = model or load_model(asked.model)
+    assert model.classes.names == classes.names, "the head's classes, known early, held"
     corruption = asked.corruption
     if corruption.on_the_fly:  # the library that makes it, now that it is imported
         corruption = replace(corruption, source=f"{corrupt.library()[1]} on the fly (approximate)")
-    return Inputs(
-        split=split,
-        labels=resolve_labels(asked, split),
-        real=load_real(asked.real_labels, split),
-        model=load_model(asked.model),
-        corruption=corruption,
-    )
+    return Inputs(split=split, labels=space, real=real, model=model, corruption=corruption)
 
 
-def resolve_labels(asked: Request, split: source.Split) -> labels.LabelSpace:
-    """The label space of this split (data/labels.py), from its features and, where it
-    takes them, its folder names or distinct string values."""
+def imagenet_only(asked: Request, classes: Classes) -> None:
+    """What only an ImageNet-1k head can be scored with: one line each, saying why not."""
+    if classes.kind == IMAGENET_1K.kind:
+        return
+    what = f"the model's head is {classes.kind}, not ImageNet-1k"
+    if asked.real_labels is not None:
+        raise UserError(f"metrics.real_labels are ImageNet-1k val's reassessed labels; {what}")
+    if asked.corruption.name is not None:
+        raise UserError(
+            f"ImageNet-C (dataset.corruption, dataset.corrupt) is scored as ImageNet-1k "
+            f"classes, against AlexNet's errors; {what}"
+        )
+
+
+def resolve_labels(asked: Request, split: source.Split, classes: Classes) -> labels.LabelSpace:
+    """The label space of this split (data/labels.py): its labels as the head's classes,
+    from its features and, where it takes them, its folder names or distinct strings."""
     column = asked.source.label_column
     return labels.resolve(
         split.table.features,
@@ -129,6 +149,7 @@ def resolve_labels(asked: Request, split: source.Split) -> labels.LabelSpace:
         asked=asked.labels,
         folder_names=source.folder_names(split) if column else None,
         string_values=source.string_values(split, column),
+        classes=classes,
     )
 
 

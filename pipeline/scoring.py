@@ -19,7 +19,7 @@ from pipeline import inference, stop, summary
 from pipeline.data import labels, loader, source
 from pipeline.data.real import RealLabels
 from pipeline.data.transforms import Preprocess
-from pipeline.errors import UserError
+from pipeline.errors import UserError, first_line
 from pipeline.models.base import LoadedModel
 from pipeline.models.load import place
 from pipeline.request import Corruption
@@ -146,5 +146,5 @@ def loop_faults(out_dir: Path, device: torch.device, batch_size: int) -> Iterato
         if "DataLoader worker" not in str(e):
             raise
         raise UserError(
-            f"A data worker died ({str(e).splitlines()[0]}). {summary.resume_hint(out_dir)}"
+            f"A data worker died ({first_line(e)}). {summary.resume_hint(out_dir)}"
         ) from e

@@ -14,7 +14,7 @@ import os
 import torch
 
 from pipeline.choices import Amp, Backend
-from pipeline.errors import UserError
+from pipeline.errors import UserError, first_line
 from pipeline.request import Runtime
 from pipeline.runs.plan import RuntimePlan
 
@@ -120,7 +120,7 @@ def require_torchcodec() -> None:
     try:
         from torchcodec.decoders import decode_jpeg  # noqa: F401
     except (ImportError, OSError, RuntimeError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = first_line(e)
         raise UserError(
             f"backend=device needs TorchCodec ({reason}); pip install torchcodec, or use "
             f"backend=tensor"

@@ -55,10 +55,21 @@ def ways(p: RunPlan) -> str:
     return f"scored {outputs}-way"
 
 
+def top_k(p: RunPlan) -> str:
+    """top-5, or top-k for a head (or a restriction) of k < 5 classes (the metrics row's
+    top5 column is then that)."""
+    k = min(5, len(p.model.categories))
+    if p.labels.restricted:
+        k = min(k, int(p.labels.label_space.split(":")[1]))
+    return f"top-{k}"
+
+
 def print_summary(p: RunPlan, s: metrics.Scores, out_dir: Path) -> None:
+    k = top_k(p)
+    fewer = f"  ({k[4:]} classes: the top5 column is {k})" if k != "top-5" else ""
     say(
-        f"top-1 {number(s.top1)}  top-5 {number(s.top5)}  ({s.n_labeled} labeled)  "
-        f"images {s.n_images}  errors {s.n_errors}  {s.images_per_sec:.1f} img/s"
+        f"top-1 {number(s.top1)}  {k} {number(s.top5)}  ({s.n_labeled} labeled)  "
+        f"images {s.n_images}  errors {s.n_errors}  {s.images_per_sec:.1f} img/s{fewer}"
     )
     say(f"label space: {p.labels.label_space} ({p.labels.label_source}); {ways(p)}")
     if s.n_real is not None:

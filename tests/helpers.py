@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import shutil
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 LABELS = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8]  # ImageNet class ids of the fixture images
@@ -250,3 +252,73 @@ def crop_of(pre, data, row: int = 0):
     out = pre(image, Roots(), row)
     assert isinstance(out, torch.Tensor)
     return out
+
+
+TINY_TIMM = "test_resnet.r160_in1k"  # timm's own test model: 0.47 M parameters
+
+
+def answering_timm(tmp_path, first: int, then: int | None = None) -> str:
+    """A timm test_resnet checkpoint whose top-1 is always `first` (then `then`)."""
+    from safetensors.torch import save_file
+
+    timm: Any = importlib.import_module("timm")  # the timm extra
+
+    torch.manual_seed(0)
+    net = timm.create_model(TINY_TIMM, pretrained=False)
+    with torch.no_grad():
+        net.fc.weight.zero_()
+        net.fc.bias.zero_()
+        net.fc.bias[first] = 20.0
+        if then is not None:
+            net.fc.bias[then] = 10.0
+    path = tmp_path / f"timm-{first}-{then}.safetensors"
+    save_file(net.state_dict(), str(path))
+    return str(path)
+
+
+def hf_folder(tmp_path, *, names=None, answer: int | None = None, processor=None) -> str:
+    """A tiny transformers ResNet classifier saved as a hub folder: config (id2label), weights,
+    and its image processor (ConvNeXT's crop_pct resize unless given); `answer`: the output
+    column every image gets."""
+    from pipeline.data import imagenet
+
+    transformers: Any = importlib.import_module("transformers")  # the hf extra
+
+    names = names or list(imagenet.imagenet_classes()[1])
+    id2label = dict(enumerate(names))
+    config = transformers.ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=len(names),
+        id2label=id2label, label2id={v: k for k, v in id2label.items()},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    net = transformers.ResNetForImageClassification(config)
+    if answer is not None:
+        with torch.no_grad():
+            net.classifier[1].weight.zero_()
+            net.classifier[1].bias.zero_()
+            net.classifier[1].bias[answer] = 20.0
+    folder = tmp_path / f"hf-{answer}-{len(names)}-{type(processor).__name__}"
+    net.save_pretrained(folder)
+    processor = processor or transformers.ConvNextImageProcessor(
+        size={"shortest_edge": 224}, crop_pct=0.875
+    )
+    processor.save_pretrained(folder)
+    return str(folder)
+
+
+# a user's own module (tests/tinynet.py) on a 3-class folder, with the preprocessing given
+ANIMALS = ["bird", "cat", "dog"]
+TINYNET = "module:tinynet:build"
+GIVEN = (
+    "model.resize=72",
+    "model.crop=64",
+    "model.mean=[0.5,0.5,0.5]",
+    "model.std=[0.25,0.25,0.25]",
+)
+
+
+def names_file(tmp_path, names: Sequence[str] = tuple(ANIMALS), name: str = "classes.txt") -> str:
+    """A class list: one name per line (model.classes=FILE)."""
+    path = tmp_path / name
+    path.write_text("".join(f"{n}\n" for n in names))
+    return str(path)

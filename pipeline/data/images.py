@@ -16,6 +16,8 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.errors import first_line
+
 
 def _inside(path: str, roots: tuple[str, ...]) -> str | None:
     """The root that `path` lies in, if any."""
@@ -128,6 +130,6 @@ def error_reason(e: Exception) -> str:
         pixels = re.search(r"(\d+) pixels", str(e))
         size = f"{pixels[1]} pixels" if pixels else "too many pixels"
         return f"decompression bomb: {size}, over Pillow's limit of {Image.MAX_IMAGE_PIXELS}"
-    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    message = first_line(e)
     known = isinstance(e, ValueError | OSError)  # Pillow's own messages say enough
     return (message if known else f"{type(e).__name__}: {message}")[:200]

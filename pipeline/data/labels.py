@@ -5,17 +5,20 @@ A head's classes (`Classes`) say which classes it has and how a name finds one; 
 (imagenet.py) is one kind, and the default. A dataset's labels are mapped onto them, first
 match wins:
 
-1. `dataset.classes`: `imagenet-1k` (labels are the class ids), or a list / file giving,
-   in dataset-label order, a class per label (an id, index or name), or a JSON object
-   mapping each label value to one;
-2. the label feature's class names (or an image folder's folder names), found by name;
-   names that are all integers are class indices (ImageNetV2's folders);
+1. `dataset.classes`: `by-position` (labels are the head's class ids; `imagenet-1k` says
+   the same of an ImageNet-1k head), or a list / file giving, in dataset-label order, a
+   class per label (an id, index or name), or a JSON object mapping each label value to
+   one (a map file);
+2. the label feature's class names (or an image folder's folder names), found by name
+   (classes.py: case, spaces, `_` and `-` set aside); names that are all integers are
+   class indices (ImageNetV2's folders);
 3. string label values, matched the same way;
-4. a ClassLabel of as many classes as the head whose names are none of its: its ids as
-   they are.
+4. for ImageNet-1k, a ClassLabel of 1000 classes whose names are none of its: its ids as
+   they are (another head maps by position only when asked).
 
 Anything else (plain integers without names, floats, names that are not classes of the
-head, an ambiguous name) stops the run with one line saying what was found and what to do.
+head, a name of two classes, two labels of one class) stops the run with one line saying
+what was found and what to do.
 A strict subset of the classes is scored over all of them, as timm's validate.py and
 torchvision's reference score it, unless `dataset.restrict=true`; a subset that is exactly a
 known protocol's (ImageNet-R's or -A's 200, Imagenette's 10) restricts the model's outputs
@@ -31,29 +34,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any
 
+from pipeline.data.classes import Classes
 from pipeline.data.imagenet import IMAGENET_1K
 from pipeline.errors import UserError
 from pipeline.request import LabelRequest
-
-
-class Classes(Protocol):
-    """Which classes a model's head has, and how a dataset's label names find them."""
-
-    kind: str  # the label space's name when every class is covered: imagenet-1k, ...
-    what: str  # their family, in words: "ImageNet" (not ImageNet classes)
-    size: int
-
-    @property
-    def names(self) -> tuple[str, ...]: ...  # in output order: what pred_name says
-
-    def find(self, entry: Any) -> int | None: ...  # raises UserError when ambiguous
-
-    def is_identity(self, names: Sequence[str]) -> bool: ...  # all, in output order
-
-    def protocol(self, covered: set[int]) -> str | None: ...  # a known subset, in words
-
 
 UNMAPPED = -1  # in a label table: a label the dataset.classes map does not name
 FIX = (
@@ -125,15 +111,20 @@ def map_names(names: Sequence[Any], what: str, classes: Classes) -> tuple[int, .
         return tuple(range(classes.size))
     ids = [classes.find(n) for n in names]
     unknown = [str(n) for n, i in zip(names, ids, strict=True) if i is None]
+    shown_classes = ""
+    if unknown and classes.what != "ImageNet":
+        head = ", ".join(classes.names[:5]) + (", ..." if classes.size > 5 else "")
+        shown_classes = f" (the head's {classes.size}: {head})"
     if unknown:
         shown = ", ".join(unknown[:5]) + (
             f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
         )
         found = f"{what} {shown}"
         if len(unknown) == len(names):
-            raise UserError(f"{found}: not {classes.what} classes; {FIX}")
+            raise UserError(f"{found}: not {classes.what} classes{shown_classes}; {FIX}")
         raise UserError(
-            f"{found} {'is' if len(unknown) == 1 else 'are'} not {classes.what} classes; {FIX}"
+            f"{found} {'is' if len(unknown) == 1 else 'are'} not {classes.what} classes"
+            f"{shown_classes}; {FIX}"
         )
     return tuple(i for i in ids if i is not None)
 
@@ -164,7 +155,8 @@ def resolve(
     feature = features[label_column]
     kind = _feature_kind(feature, label_column)
     if asked.classes is not None:
-        table, names, source = _from_classes(asked.classes, kind, classes)
+        label_names = list(feature.names) if kind == "classlabel" else None
+        table, names, source = _from_classes(asked.classes, kind, classes, label_names)
     elif kind == "classlabel":
         what = "labels are folder names" if folder_names is not None else "labels are class names"
         table, source = _from_classlabel(list(feature.names), what, classes)
@@ -199,7 +191,9 @@ def _from_strings(
             "scoring; set dataset.streaming=false"
         )
     values = sorted(string_values)
-    names = tuple(zip(values, map_names(values, "labels are strings", classes), strict=True))
+    ids = map_names(values, "labels are strings", classes)
+    _refuse_repeats(values, ids, "labels are strings", classes)
+    names = tuple(zip(values, ids, strict=True))
     return None, names, f"string labels matched by name ({len(values)})"
 
 
@@ -227,16 +221,21 @@ def _feature_kind(feature: Any, column: str) -> str:
 def _from_classlabel(
     labels: list[str], what: str, classes: Classes
 ) -> tuple[tuple[int, ...] | None, str]:
-    """ClassLabel names -> (table, source); None table: a dataset of as many classes as the
-    head whose names are none of its keeps its ids as they are."""
-    if labels and all(n.strip().isdigit() and int(n) < classes.size for n in labels):
+    """ClassLabel names -> (table, source). For ImageNet-1k only (its datasets' ways, never
+    guessed for another head, which maps by position only when asked): names that are
+    all integers are class indices (ImageNetV2's folders), and a None table is a dataset
+    of 1000 classes whose names are none of its, keeping its ids as they are."""
+    imagenet = classes.kind == IMAGENET_1K.kind
+    if imagenet and labels and all(n.strip().isdigit() and int(n) < classes.size for n in labels):
         source = f"{what}, {classes.what} class indices ({len(labels)})"
         return tuple(int(n) for n in labels), source
-    if len(labels) == classes.size and not any(_found(n, classes) for n in labels):
+    if imagenet and len(labels) == classes.size and not any(_found(n, classes) for n in labels):
         return None, (
             f"{classes.size} class names that are not {classes.what}'s: their ids taken as they are"
         )
-    return map_names(labels, what, classes), f"{what} ({len(labels)})"
+    ids = map_names(labels, what, classes)
+    _refuse_repeats(labels, ids, what, classes)
+    return ids, f"{what} ({len(labels)})"
 
 
 def _found(name: str, classes: Classes) -> bool:
@@ -248,14 +247,20 @@ def _found(name: str, classes: Classes) -> bool:
 
 
 def _from_classes(
-    given: Any, kind: str, classes: Classes
+    given: Any, kind: str, classes: Classes, label_names: Sequence[str] | None
 ) -> tuple[tuple[int, ...] | None, tuple[tuple[str, int], ...] | None, str]:
     """dataset.classes: imagenet-1k, a list, a text file (one per line) or a JSON list/object."""
     where = "dataset.classes"
-    if isinstance(given, str) and given.strip().lower() == "imagenet-1k":
+    declared = given.strip().lower() if isinstance(given, str) else None
+    if declared in ("imagenet-1k", "by-position"):
+        if declared == "imagenet-1k" and classes.kind != "imagenet-1k":
+            raise UserError(
+                f"dataset.classes=imagenet-1k says the labels are ImageNet-1k ids, but the "
+                f"model's head is {classes.kind}; use dataset.classes=by-position for its ids"
+            )
         if kind == "string":
-            raise UserError("dataset.classes=imagenet-1k needs integer labels; these are strings")
-        return None, None, "labels declared ImageNet-1k ids (dataset.classes=imagenet-1k)"
+            raise UserError(f"dataset.classes={given} needs integer labels; these are strings")
+        return None, None, f"labels declared the head's class ids (dataset.classes={given})"
     if isinstance(given, str):
         where, given = os.path.basename(given), _read_classes(given)
     if isinstance(given, dict):
@@ -263,8 +268,16 @@ def _from_classes(
         ids = map_names(list(given.values()), f"{where} names", classes)
         if kind == "string":
             return None, tuple(zip(keys, ids, strict=True)), f"labels mapped by {where}"
-        if not all(k.isdigit() for k in keys):
-            raise UserError(f"{where} maps names, but the labels are integers; give a list")
+        if not all(k.isdigit() for k in keys):  # a class label's (folder's) names
+            position = {str(n): i for i, n in enumerate(label_names or ())}
+            strangers = [k for k in keys if k not in position]
+            if strangers:
+                shown = ", ".join(strangers[:3]) + (", ..." if len(strangers) > 3 else "")
+                raise UserError(
+                    f"{where} maps {shown}, which are not the dataset's label names "
+                    f"({', '.join(map(str, (label_names or ['none'])[:5]))}, ...)"
+                )
+            keys = [str(position[k]) for k in keys]
         # only the labels it names: one the data holds but the map lacks is refused, by row,
         # when the labels are checked (LabelSpace.check)
         table = [UNMAPPED] * (max(int(k) for k in keys) + 1)
@@ -275,21 +288,24 @@ def _from_classes(
         raise UserError(f"{where} is a list, but the labels are strings; give a JSON object")
     entries = list(given)
     ids = map_names(entries, f"{where} entries", classes)
-    _refuse_repeats(entries, ids, where)
+    _refuse_repeats(entries, ids, where, classes)
     return ids, None, f"labels mapped by {where} ({len(entries)})"
 
 
-def _refuse_repeats(entries: Sequence[Any], ids: Sequence[int], where: str) -> None:
-    """A class list gives one class per label, in label order: a class named twice (a line
-    repeated, two names of one class) shifts or merges every label after it."""
+def _refuse_repeats(
+    entries: Sequence[Any], ids: Sequence[int], where: str, classes: Classes
+) -> None:
+    """Each label is its own class: a class named twice (a line of a class list repeated,
+    two names of one class, `cat` and `Cat`) shifts or merges every label after it."""
     first: dict[int, int] = {}
     for position, class_index in enumerate(ids):
         if class_index in first:
             k = first[class_index]
             raise UserError(
                 f"{where}: entry {position} ({entries[position]!r}) is the class of entry {k} "
-                f"({entries[k]!r}), class {class_index}; a class list names each class once, "
-                f"in label order"
+                f"({entries[k]!r}), class {class_index} ({classes.names[class_index]!r}); "
+                f"each label must be its own class (a map file, dataset.classes={{...}}, may "
+                f"merge labels)"
             )
         first[class_index] = position
 

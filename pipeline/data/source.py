@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline.data import folders
 from pipeline.data.images import Roots
-from pipeline.errors import UserError
+from pipeline.errors import UserError, first_line
 from pipeline.request import Source
 
 SAVED_DATASET_MARKERS = ("dataset_dict.json", "state.json")
@@ -98,7 +98,7 @@ def _load_table(source: Source) -> tuple[Any, str | None, tuple[str, ...]]:
     except UserError:
         raise
     except Exception as e:  # datasets raises many types; all mean "could not load"
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         if "reach" in reason:  # no network, or offline mode without a cached copy
             reason += "; offline, use a cached copy (HF_DATASETS_OFFLINE=1) or a local path"
         which = f" split '{split}'" if split else ""

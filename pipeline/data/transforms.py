@@ -69,9 +69,15 @@ class EvalTransform:
         )
 
     def overridden(
-        self, *, resize: int | None, crop: int | None, interpolation: str | None
+        self,
+        *,
+        resize: int | None = None,
+        crop: int | None = None,
+        interpolation: str | None = None,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
     ) -> EvalTransform:
-        """With model.resize / model.crop / model.interpolation: a crop alone keeps the
+        """With model.resize / crop / interpolation / mean / std: a crop alone keeps the
         resize-to-crop ratio (timm's crop_pct), a resize keeps the squash or shorter-side
         form."""
         crop_size = self.crop_size if crop is None else (crop,) * len(self.crop_size)
@@ -83,7 +89,14 @@ class EvalTransform:
         else:
             resize_size = self.resize_size
         mode = self.interpolation if interpolation is None else InterpolationMode(interpolation)
-        return replace(self, resize_size=resize_size, crop_size=crop_size, interpolation=mode)
+        return replace(
+            self,
+            resize_size=resize_size,
+            crop_size=crop_size,
+            interpolation=mode,
+            mean=self.mean if mean is None else tuple(mean),
+            std=self.std if std is None else tuple(std),
+        )
 
     def describe(self) -> str:
         how = "squash" if len(self.resize_size) == 2 else "shorter side"

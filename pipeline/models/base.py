@@ -11,6 +11,7 @@ from typing import Protocol
 
 from torch import nn
 
+from pipeline.data.classes import Classes
 from pipeline.data.transforms import EvalTransform
 from pipeline.errors import UserError
 from pipeline.request import ModelRequest
@@ -28,11 +29,11 @@ class Published:
 
 @dataclass
 class LoadedModel:
-    model: nn.Module  # outputs ImageNet-1k's 1000 logits, in class order
+    model: nn.Module  # outputs one logit per class of `classes`, in their order
     arch: str  # as given: alexnet, timm:resnet50.a1_in1k, hf:microsoft/resnet-50
     weights: str  # a torchvision weights name, pretrained, the checkpoint path, or "none"
     digest: Future[str] | str | None  # sha256 of the weights file, hashed in the background
-    categories: list[str]
+    classes: Classes  # the head's classes: ImageNet-1k's, or its own
     transforms: EvalTransform  # the eval transform, as numbers
     preprocess: str  # where those numbers come from
     expected_prefix: str | None = None  # the hash prefix torchvision puts in a file's name
@@ -41,10 +42,18 @@ class LoadedModel:
     # "pretrained" (timm, hf), "checkpoint" (its sha256 says which one) or "none"
     source: str = "none"
     library: str = ""  # the library and its version: "torchvision 0.29.1"
-    head: str = "ImageNet-1k (1000 outputs)"  # how the outputs were read as ImageNet-1k
+    head: str = "ImageNet-1k (1000 outputs)"  # how the outputs were read
     published: Published | None = None
-    params: int = 0
+    params: int = 0  # counted from the model's parameters where the source gives 0
     gmacs: float = 0.0  # multiply-adds of one image at the crop size, in billions
+    kwargs: str | None = None  # a module's builder's arguments, as JSON
+    exported_from: str | None = None  # an export: its source's model.arch ...
+    exported_from_sha256: str | None = None  # ... and that model's weights' sha256
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        """The head's class names, in output order: what pred_name says."""
+        return self.classes.names
 
     @property
     def sha256(self) -> str | None:
@@ -76,4 +85,9 @@ class ModelSource(Protocol):
     def cached_file(self, asked: ModelRequest) -> str | None:
         """The weights file this request will read, where it is on disk already (hashed
         while the dataset loads)."""
+        ...
+
+    def head_classes(self, asked: ModelRequest) -> Classes | None:
+        """The head's classes where they are known before the weights are read (the labels
+        are then checked first); None: known once the model is loaded."""
         ...

@@ -14,9 +14,9 @@ from typing import Any
 
 from torchvision.transforms import InterpolationMode
 
-from pipeline.data import imagenet
+from pipeline.data.classes import Classes
 from pipeline.data.transforms import EvalTransform, Style
-from pipeline.errors import UserError, optional
+from pipeline.errors import UserError, first_line, optional
 from pipeline.models import heads
 from pipeline.models.base import LoadedModel, Published
 from pipeline.models.weights import file_digest, file_sha256, random_weights
@@ -50,13 +50,14 @@ def load(asked: ModelRequest) -> LoadedModel:
         net = _read(what, lambda: auto.from_pretrained(name))
         digest = _digest(name, sha256)
     names = [config.id2label[i] for i in range(config.num_labels)]
-    columns, head = heads.to_imagenet(names, f"hf:{name}'s head (id2label)")
+    what = f"hf:{name}'s head (id2label)"
+    classes, columns, head = heads.read(names, what, asked.classes, config.num_labels)
     return LoadedModel(
         model=heads.Head(net.eval(), columns).eval(),
         arch=f"hf:{name}",
         weights=weights,
         digest=digest,
-        categories=imagenet.categories(),
+        classes=classes,
         transforms=eval_transform(processor, name),
         preprocess=f"transformers {type(processor).__name__} of {name}",
         file=name,
@@ -64,6 +65,13 @@ def load(asked: ModelRequest) -> LoadedModel:
         library=f"transformers {transformers.__version__}",
         head=head,
     )
+
+
+def head_classes(asked: ModelRequest) -> Classes | None:
+    """model.classes where given; else the config's id2label, read with the model."""
+    if asked.classes is not None:
+        return heads.declared_classes(asked.classes, None, f"hf:{asked.name}'s head")
+    return None
 
 
 def published_at(loaded: LoadedModel, transforms: EvalTransform) -> Published | None:
@@ -82,7 +90,7 @@ def _read(what: str, make: Any) -> Any:
     try:
         return make()
     except (OSError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise UserError(f"{what}: {first}") from None
 
 

@@ -19,12 +19,18 @@ import torch
 from torchvision.transforms import InterpolationMode
 
 from pipeline.choices import Interpolation
-from pipeline.data import imagenet
+from pipeline.data.classes import Classes
 from pipeline.data.transforms import EvalTransform
-from pipeline.errors import UserError, optional
+from pipeline.errors import UserError, first_line, optional
 from pipeline.models import heads
 from pipeline.models.base import LoadedModel, Published
-from pipeline.models.weights import file_digest, from_file, load_state, random_weights
+from pipeline.models.weights import (
+    file_digest,
+    fitted,
+    from_file,
+    load_state,
+    random_weights,
+)
 from pipeline.request import ModelRequest
 
 log = logging.getLogger(__name__)
@@ -56,10 +62,19 @@ def load(asked: ModelRequest) -> LoadedModel:
         digest = _digest(file, sha256)
     elif weights.lower() == "none":
         random_weights(sha256)
-        net = timm.create_model(name, pretrained=False)
+        size = (
+            None
+            if asked.classes is None
+            else heads.declared_classes(asked.classes, None, name).size
+        )
+        net = timm.create_model(name, pretrained=False, **({"num_classes": size} if size else {}))
     else:
         state_dict, digest = from_file(weights, sha256, valid=["pretrained", "none"])
         net = timm.create_model(name, pretrained=False)
+        state_dict = fitted(state_dict, net.state_dict(), weights)
+        outputs = _head_size(net, state_dict)
+        if outputs != net.num_classes:  # a fine-tune: its head's size, from the checkpoint
+            net = timm.create_model(name, pretrained=False, num_classes=outputs)
         load_state(net, state_dict, weights)
         file = weights
     tag = net.pretrained_cfg.get("tag")
@@ -68,13 +83,13 @@ def load(asked: ModelRequest) -> LoadedModel:
         name = f"{name}.{tag}"
     config = timm.data.resolve_data_config({}, model=net, use_test_size=True)
     transforms = eval_transform(config, name)
-    columns, head = _head(timm, net, name)
+    classes, columns, head = _head(timm, net, name, asked.classes)
     return LoadedModel(
         model=heads.Head(net, columns).eval() if columns else net.eval(),
         arch=f"timm:{name}",
         weights=weights,
         digest=digest,
-        categories=imagenet.categories(),
+        classes=classes,
         transforms=transforms,
         preprocess=f"timm {name} pretrained_cfg (as validate.py resolves it)",
         file=file,
@@ -90,7 +105,7 @@ def _pretrained(timm: Any, name: str) -> Any:
     try:
         return timm.create_model(name, pretrained=True)
     except RuntimeError as e:  # timm: no pretrained weights for this name
-        raise UserError(f"model.arch=timm:{name}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"model.arch=timm:{name}: {first_line(e)}") from None
     except OSError as e:  # huggingface_hub: not cached and not reachable
         raise UserError(
             f"timm's weights for {name} are not in the Hugging Face cache and could not be "
@@ -143,19 +158,33 @@ def eval_transform(config: dict[str, Any], name: str) -> EvalTransform:
     )
 
 
-def _head(timm: Any, net: torch.nn.Module, name: str) -> tuple[tuple[int, ...] | None, str]:
-    """The head's outputs as ImageNet-1k: the synsets timm names for a head of this size
-    (timm's own guess, from the number of classes: its inference.py labels them so)."""
+def _head(
+    timm: Any, net: Any, name: str, declared: str | None
+) -> tuple[Classes, tuple[int, ...] | None, str]:
+    """The head's classes: model.classes where given, else the synsets timm names for a
+    head of this size (timm's own guess, from the number of classes: its inference.py
+    labels them so), read as ImageNet-1k where they are its 1000."""
     what = f"timm:{name}'s head"
-    subset = timm.data.infer_imagenet_subset(net)
-    if subset is None:
-        raise UserError(
-            f"{what} has {net.num_classes} outputs that timm does not name as ImageNet "
-            f"classes; it cannot be scored as ImageNet-1k"
-        )
-    names = timm.data.ImageNetInfo(subset).label_names()
-    columns, how = heads.to_imagenet(names, what)
-    return columns, how if columns is None else f"{how} (timm's {subset} synsets)"
+    subset = None if declared else timm.data.infer_imagenet_subset(net)
+    names = None if subset is None else timm.data.ImageNetInfo(subset).label_names()
+    classes, columns, how = heads.read(names, what, declared, int(net.num_classes))
+    synsets = f" (timm's {subset} synsets)" if subset else ""
+    return classes, columns, f"{how}{synsets}"
+
+
+def _head_size(net: Any, state_dict: dict) -> int:
+    """How many classes a checkpoint's head has: its classifier's rows (timm's
+    pretrained_cfg names the classifier)."""
+    key = f"{net.pretrained_cfg.get('classifier', 'head')}.weight"
+    weight = state_dict.get(key)
+    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) else int(net.num_classes)
+
+
+def head_classes(asked: ModelRequest) -> Classes | None:
+    """model.classes where given; else known once timm has built the model."""
+    if asked.classes is not None:
+        return heads.declared_classes(asked.classes, None, f"timm:{asked.name}'s head")
+    return None
 
 
 @cache

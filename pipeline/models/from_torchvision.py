@@ -17,11 +17,15 @@ import torch
 import torchvision
 from torch import nn
 
+from pipeline.data import imagenet
+from pipeline.data.classes import Classes
 from pipeline.data.transforms import EvalTransform
 from pipeline.errors import UserError
+from pipeline.models import heads
 from pipeline.models.base import LoadedModel, Published
 from pipeline.models.weights import (
     check_sha256,
+    fitted,
     from_file,
     hash_in_background,
     load_state,
@@ -47,11 +51,17 @@ def load(asked: ModelRequest) -> LoadedModel:
     enum = torchvision.models.get_model_weights(arch)
     entry = _preprocess_entry(enum, preprocess)
     file_sha, prefix, file, published = None, None, None, None
+    what = f"{arch}'s head"
+    classes: Classes = imagenet.IMAGENET_1K
+    how = f"{what}: ImageNet-1k (1000 outputs)"
+    if asked.classes is not None:
+        classes = heads.declared_classes(asked.classes, None, what)
+        how = f"{what}: {classes.kind} (model.classes={asked.classes})"
     if weights == "pretrained" or weights in enum.__members__:  # DEFAULT too: its real name
         weights = enum["DEFAULT" if weights == "pretrained" else weights].name
     if weights.lower() == "none":
         random_weights(sha256)
-        model = torchvision.models.get_model(arch, weights=None)
+        model = torchvision.models.get_model(arch, weights=None, num_classes=classes.size)
     else:
         if weights in enum.__members__:
             if preprocess and enum[weights] != entry:
@@ -60,6 +70,11 @@ def load(asked: ModelRequest) -> LoadedModel:
                     f"own transforms apply; model.preprocess is for checkpoint files"
                 )
             entry = enum[weights]
+            if asked.classes is not None:
+                raise UserError(
+                    f"model.classes names the classes of a checkpoint's head; "
+                    f"model.weights={weights} is ImageNet-1k's"
+                )
             state_dict, file_sha, file = _from_torchvision(entry, sha256)
             prefix = None if sha256 else _name_prefix(file)
             ref = entry.meta["_metrics"].get("ImageNet-1K")
@@ -68,21 +83,38 @@ def load(asked: ModelRequest) -> LoadedModel:
             valid = ["pretrained", *enum.__members__, "none"]
             state_dict, file_sha = from_file(weights, sha256, valid=valid)
             file = weights
-        model = _with_weights(arch, state_dict, weights)
+            with torch.device("meta"):
+                own = torchvision.models.get_model(arch, weights=None).state_dict()
+            state_dict = fitted(state_dict, own, weights)
+            outputs = _head_size(own, state_dict)
+            if outputs != imagenet.N_CLASSES or asked.classes is not None:
+                classes, _, how = heads.read(None, what, asked.classes, outputs)
+        model = _with_weights(arch, state_dict, weights, classes.size)
     return LoadedModel(
         model=model.eval(),
         arch=arch,
         weights=weights,
         digest=file_sha,
-        categories=list(entry.meta["categories"]),
+        classes=classes,
         transforms=EvalTransform.of(entry.transforms()),
         preprocess=f"{type(entry).__name__}.{entry.name}",
         expected_prefix=prefix,
         file=file,
         source="checkpoint" if file == weights else weights,
         library=f"torchvision {torchvision.__version__}",
+        head=how,
         published=published,
     )
+
+
+def head_classes(asked: ModelRequest) -> Classes | None:
+    """ImageNet-1k for torchvision's weights (or none), model.classes where given; a
+    checkpoint's head is known once it is read."""
+    if asked.classes is not None:
+        return heads.declared_classes(asked.classes, None, f"{asked.name}'s head")
+    if os.path.isfile(asked.weights):
+        return None
+    return imagenet.IMAGENET_1K
 
 
 def published_at(loaded: LoadedModel, transforms: EvalTransform) -> Published | None:
@@ -103,15 +135,28 @@ def cached_file(asked: ModelRequest) -> str | None:
     return cached if os.path.isfile(cached) else None
 
 
-def _with_weights(arch: str, state_dict: dict, source: str) -> nn.Module:
-    """`arch` holding `state_dict`, built without a random init of the tensors it replaces."""
+def _with_weights(arch: str, state_dict: dict, source: str, outputs: int) -> nn.Module:
+    """`arch` with `outputs` classes holding `state_dict`, built without a random init of
+    the tensors it replaces."""
     with torch.device("meta"):
-        model = torchvision.models.get_model(arch, weights=None)
+        model = torchvision.models.get_model(arch, weights=None, num_classes=outputs)
     load_state(model, state_dict, source)
     if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
-        model = torchvision.models.get_model(arch, weights=None)  # a buffer not saved
-        model.load_state_dict(state_dict)
+        model = torchvision.models.get_model(arch, weights=None, num_classes=outputs)
+        model.load_state_dict(state_dict)  # a buffer not saved: built for real
     return model
+
+
+def _head_size(own: dict, state_dict: dict) -> int:
+    """How many classes a checkpoint's head has: the first dimension its tensors give where
+    the architecture's ImageNet-1k head (`own`) has 1000 (1000 when they all agree)."""
+    sizes = {
+        int(v.shape[0])
+        for k, v in state_dict.items()
+        if k in own and hasattr(v, "shape") and v.shape != own[k].shape
+        and own[k].shape[:1] == (imagenet.N_CLASSES,) and len(v.shape) == len(own[k].shape)
+    }  # fmt: skip
+    return sizes.pop() if len(sizes) == 1 else imagenet.N_CLASSES
 
 
 def _preprocess_entry(enum: Any, preprocess: str | None) -> Any:

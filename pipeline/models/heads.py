@@ -1,10 +1,11 @@
-"""Model heads: which output of a classifier is which ImageNet-1k class, from the names its
-library gives the outputs (timm's synsets for its head, a transformers config's id2label).
+"""Model heads: which classes a classifier's outputs are, from the names its library gives
+them (timm's synsets, a transformers config's id2label) or model.classes.
 
-A head is scored as ImageNet-1k only when it names each of the 1000 classes exactly once;
-its other outputs are dropped before softmax and top-k. Anything else (a head fine-tuned on
-other classes, ImageNet-22k's, which lacks one of the 1000) is refused in one line, never
-read as if its outputs were ImageNet ids.
+A head is ImageNet-1k's when it names each of the 1000 classes exactly once (its other
+outputs are dropped before softmax and top-k); any other head has its own classes, named
+as its library names them (a fine-tune's 3, ImageNet-22k's 21843), and its runs are scored
+in that label space. Never is a head read as if its outputs were ImageNet ids when its
+names do not say so.
 """
 
 from __future__ import annotations
@@ -15,7 +16,45 @@ import torch
 from torch import nn
 
 from pipeline.data import imagenet
+from pipeline.data.classes import Classes, Named, read_names
 from pipeline.errors import UserError
+
+
+def read(
+    names: Sequence[str] | None, what: str, declared: str | None, outputs: int | None
+) -> tuple[Classes, tuple[int, ...] | None, str]:
+    """(the head's classes, the output columns to pick for them or None, how the head was
+    read): model.classes where given, else ImageNet-1k where the names are its 1000,
+    else the names themselves; a head its library does not name needs model.classes."""
+    if declared is not None:
+        classes = declared_classes(declared, outputs, what)
+        return classes, None, f"{what}: {classes.kind} (model.classes={declared})"
+    if names is None:
+        count = "" if outputs is None else f"{outputs} "
+        raise UserError(
+            f"{what} has {count}outputs that nothing names: name them with "
+            f"model.classes=FILE (one name per line, in output order) or imagenet-1k"
+        )
+    try:
+        columns, how = to_imagenet(names, what)
+        return imagenet.IMAGENET_1K, columns, how
+    except UserError:
+        own = Named(tuple(str(n) for n in names))
+        return own, None, f"{what}: its own {own.size} classes ({', '.join(own.names[:3])}, ...)"
+
+
+def declared_classes(value: str, outputs: int | None, what: str) -> Classes:
+    """model.classes: imagenet-1k, or a file of names (one per line, in output order); as
+    many as the head has outputs, where that is known."""
+    if value.strip().lower() == "imagenet-1k":
+        classes: Classes = imagenet.IMAGENET_1K
+    else:
+        classes = Named(read_names(value))
+    if outputs is not None and classes.size != outputs:
+        raise UserError(
+            f"model.classes={value} names {classes.size} classes, but {what} has {outputs} outputs"
+        )
+    return classes
 
 
 def to_imagenet(names: Sequence[str], what: str) -> tuple[tuple[int, ...] | None, str]:

@@ -1,17 +1,18 @@
 """The model of a run: loaded by its source (registry.py), its eval transform overridden
-where model.resize / crop / interpolation say, measured, and placed on the device.
+where model.resize / crop / interpolation / mean / std say, measured, and placed on the device.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import nn
 
 from pipeline.data.transforms import EvalTransform, height_width
-from pipeline.errors import UserError
+from pipeline.errors import UserError, first_line
 from pipeline.models import registry
 from pipeline.models.base import LoadedModel
 from pipeline.models.weights import hash_in_background
@@ -20,15 +21,21 @@ from pipeline.request import ModelRequest
 
 def load_model(asked: ModelRequest) -> LoadedModel:
     """The requested model, by its source, on the CPU: its eval transform overridden where
-    model.resize / crop / interpolation say (and the source's published numbers for that
-    transform, if it has any), its size measured."""
+    model.resize / crop / interpolation / mean / std say (and the source's published
+    numbers for that transform, if it has any), its size measured and its output checked."""
     source = registry.source(asked.library)
     loaded = source.load(asked)
     own = loaded.transforms
     mode = None if asked.interpolation is None else asked.interpolation.value
-    transforms = own.overridden(resize=asked.resize, crop=asked.crop, interpolation=mode)
+    given: dict[str, Any] = {
+        "resize": asked.resize,
+        "crop": asked.crop,
+        "interpolation": mode,
+        "mean": asked.mean,
+        "std": asked.std,
+    }
+    transforms = own.overridden(**given)
     if transforms != own:
-        given = {"resize": asked.resize, "crop": asked.crop, "interpolation": mode}
         changed = ", ".join(f"model.{k}={v}" for k, v in given.items() if v is not None)
         loaded = replace(
             loaded,
@@ -36,20 +43,37 @@ def load_model(asked: ModelRequest) -> LoadedModel:
             preprocess=f"{loaded.preprocess}, with {changed}",
             published=source.published_at(loaded, transforms),
         )
-    params, gmacs = measure(loaded.model, transforms)
+    params, gmacs = measure(loaded, transforms)
     return replace(loaded, params=params, gmacs=gmacs)
 
 
-def measure(model: nn.Module, transforms: EvalTransform) -> tuple[int, float]:
+def measure(loaded: LoadedModel, transforms: EvalTransform) -> tuple[int, float]:
     """(parameters, GMACs of one image at the crop size): torch's FLOP counter over one
-    forward, halved (a multiply-add is two FLOPs)."""
+    forward, halved (a multiply-add is two FLOPs). That forward also checks the model:
+    one logit per class of its head, or one line saying what it gives."""
     from torch.utils.flop_counter import FlopCounterMode
 
     h, w = height_width(transforms.crop_size)
     counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        model(torch.zeros(1, 3, h, w))
-    return sum(p.numel() for p in model.parameters()), counter.get_total_flops() / 2e9
+    try:
+        with torch.inference_mode(), counter:
+            out = loaded.model(torch.zeros(1, 3, h, w))
+    except UserError:
+        raise
+    except Exception as e:  # the user's module or export: what it raised, in one line
+        raise UserError(
+            f"{loaded.arch} fails on one {h}x{w} image ({type(e).__name__}: {first_line(e)}); "
+            f"is the crop size the one it was made for? (model.crop)"
+        ) from None
+    size = loaded.classes.size
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, size):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(
+            f"{loaded.arch} gives {got} for one image; a classifier of {loaded.head} gives "
+            f"(1, {size}): one logit per class"
+        )
+    params = sum(p.numel() for p in loaded.model.parameters()) or loaded.params
+    return params, counter.get_total_flops() / 2e9
 
 
 def start_hashing(asked: ModelRequest) -> None:

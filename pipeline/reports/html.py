@@ -114,6 +114,37 @@ def mistakes(shown: list[dict[str, Any]], note: str) -> str:
     return f'{head}<div class="thumbs">{figures}</div>'
 
 
+EXPORT = ["images", "top-1 flips", "top-5 set changes", "largest |Δp| of the source's top-1"]
+
+
+def export(e: dict[str, Any], shown: list[dict[str, Any]]) -> str:
+    """An export against its source: the counts, then the flipped images."""
+    head = f"<h2>Export: {esc(e['export'])} against its source {esc(e['source'])}</h2>"
+    if "note" in e:
+        return f"{head}<p class=muted>{esc(e['note'])}</p>"
+    bound = "" if e["max_abs_dprob_exact"] in (True, None) else " (at least)"
+    gap = "n/a" if e["max_abs_dprob"] is None else f"{e['max_abs_dprob']:.2g}{bound}"
+    row = [e["n"], e["top1_flips"], e["top5_changes"], f"{gap} ({esc(e['max_abs_dprob_id'])})"]
+    figures = "".join(
+        f'<figure><img src="data:image/jpeg;base64,{t["jpeg"]}" alt="row {t["index"]}">'
+        f"row {t['index']} · {esc(t['id'])}<br>{esc(t['source_pred'])} "
+        f"{t['source_prob']:.2f} → <b>{esc(t['export_pred'])}</b> {t['export_prob']:.2f}"
+        f"</figure>"
+        for t in shown
+    )
+    listed = [
+        [f["index"], f["id"], f["label"], f"{f['source_pred']} {f['source_prob']:.3f}",
+         f"{f['export_pred']} {f['export_prob']:.3f}"]
+        for f in e["flipped"]
+    ]  # fmt: skip
+    flips = table(["row", "id", "label", "source: top-1 p", "export: top-1 p"], listed, {0})
+    return (
+        f"{head}<p class=muted>{esc(e['export'])} was exported from {esc(e['exported_from'])}."
+        f"</p>{table(EXPORT, [row], {0, 1, 2})}"
+        + (f"<h2>Flipped images</h2>{flips}<div class=thumbs>{figures}</div>" if listed else "")
+    )
+
+
 SIDE_BY_SIDE = ["run", "dataset", "split", "label space", "images", "errors"]
 SIDE_BY_SIDE += ["top-1 [95% CI]", "top-5 [95% CI]", "ECE"]
 PAIRED = ["images", "top-1 agreement", "only first right", "only second right", "McNemar p"]
@@ -229,8 +260,11 @@ def _x100(value: float | None) -> float | None:
     return None if value is None else 100 * value
 
 
-def render(report: dict[str, Any], shown: list[dict[str, Any]]) -> str:
-    body = first_run(report["runs"][0], shown, report["thumbnails"]["note"])
+def render(report: dict[str, Any], pictures: dict[str, list[dict[str, Any]]]) -> str:
+    """The page: `pictures` are the thumbnails, the first run's mistakes and each export's
+    flipped images by its folder."""
+    body = first_run(report["runs"][0], pictures["mistakes"], report["thumbnails"]["note"])
+    body += "".join(export(e, pictures.get(e["export"], [])) for e in report.get("exports", []))
     body += imagenet_c(report.get("imagenet_c", []))
     body += effective_robustness(report.get("effective_robustness", {}))
     if len(report["runs"]) > 1:

@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.errors import UserError
-from pipeline.reports import html, mce, paired, robustness, stats, thumbnails
+from pipeline.errors import UserError, first_line
+from pipeline.reports import exports, html, mce, paired, robustness, stats, thumbnails
 from pipeline.runs import claims, metrics
 from pipeline.runs.durable import durable_write, write_json
 from pipeline.runs.plan import RunPlan
@@ -73,7 +73,7 @@ def load(d: Path) -> Run:
     try:
         table = pq.read_table(d / claims.PREDICTIONS, columns=cols)
     except (OSError, pa.ArrowException) as e:
-        raise UserError(f"{d} holds damaged results ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{d} holds damaged results ({first_line(e)})") from None
     error = table["error"].to_pylist()
     return Run(
         dir=d,
@@ -182,9 +182,10 @@ def confusions(run: Run) -> list[dict[str, Any]]:
 
 def build(
     dirs: list[Path], n_thumbnails: int, val: str = robustness.VAL, scale: str = "logit"
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """report.json's content, and the thumbnails (kept out of the JSON); `val` and `scale`:
-    the effective-robustness plot's x axis and its scale."""
+) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """report.json's content, and the thumbnails (kept out of the JSON): the first run's
+    mistakes, and each export's flipped images by its folder; `val` and `scale`: the
+    effective-robustness plot's x axis and its scale."""
     runs = [load(d) for d in dirs]
     first = runs[0]
     pairs = [r for r in runs[1:] if paired.same_rows(first, r)]
@@ -202,9 +203,31 @@ def build(
         ),
         "paired": [paired.paired(first, r) for r in pairs],
     }
+    compared: list[dict[str, Any]] = []
+    flips: dict[str, list[dict[str, Any]]] = {}
+    for source, export in _exports(runs):
+        if not paired.same_rows(source, export):
+            note = "an export of it, but over other rows: not paired"
+            compared.append({"source": str(source.dir), "export": str(export.dir), "note": note})
+            continue
+        entry, flips[str(export.dir)] = exports.compare(source, export, n_thumbnails)
+        compared.append(entry)
+    report["exports"] = compared
     shown, note = thumbnails.most_confident_mistakes(first, n_thumbnails)
     report["thumbnails"] = {"shown": len(shown), "note": note}
-    return report, shown
+    return report, {"mistakes": shown, **flips}
+
+
+def _exports(runs: list[Run]) -> list[tuple[Run, Run]]:
+    """(source, export) for each run that is an export of the first, or the first of it."""
+    first = runs[0]
+    found = []
+    for other in runs[1:]:
+        if exports.export_of(first, other):
+            found.append((first, other))
+        elif exports.export_of(other, first):
+            found.append((other, first))
+    return found
 
 
 def write(
@@ -218,9 +241,9 @@ def write(
     out = out or dirs[0]
     claims.check_ours(out / "report.json", is_report_json)
     claims.check_ours(out / "report.html", is_report_page)
-    report, shown = build(dirs, n_thumbnails, val, scale)
+    report, pictures = build(dirs, n_thumbnails, val, scale)
     write_json(out / "report.json", report)
-    page = html.render(report, shown)
+    page = html.render(report, pictures)
     durable_write(out / "report.html", lambda tmp: tmp.write_text(page))
     return report
 

@@ -81,6 +81,12 @@ def points(runs: Iterable[tuple[str, RunPlan, Scores]]) -> tuple[list[Point], li
         if scores.top1 is None or not scores.n_labeled:
             notes.append(f"{where} ({model} on {dataset}): no labelled image scored")
             continue
+        if plan.model.classes != "imagenet-1k":
+            notes.append(
+                f"{where} ({model} on {dataset}): its head is {plan.model.classes}, and effective "
+                f"robustness is ImageNet-1k's (its val and shifted sets)"
+            )
+            continue
         if plan.labels.restricted:
             notes.append(
                 f"{where} ({model} on {dataset}): outputs restricted to {plan.labels.label_space}, "

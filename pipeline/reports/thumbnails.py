@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, first_line
 
 if TYPE_CHECKING:
     from pipeline.reports.numbers import Run
@@ -23,15 +23,11 @@ def most_confident_mistakes(run: Run, count: int) -> tuple[list[dict[str, Any]],
     picks = wrong[np.argsort(-run.confidence[wrong], kind="stable")][:count]
     if count == 0 or not len(picks):
         return [], "no mistakes to show" if count else "thumbnails not asked for"
-    try:
-        split, images = dataset_images(run, picks)
-    except UserError as e:
-        return [], f"thumbnails left out: {e}"
-    except Exception as e:  # moved, offline, deleted: the page says so and goes on
-        return [], f"the dataset could not be read for thumbnails ({str(e).splitlines()[0][:200]})"
+    pictures, why_not = of_rows(run, picks)
+    if why_not:
+        return [], why_not
     shown = []
-    for k, image in zip(picks, images, strict=True):
-        picture = thumbnail(image, split.roots)
+    for k, picture in zip(picks, pictures, strict=True):
         if picture is None:
             continue
         shown.append(
@@ -45,6 +41,18 @@ def most_confident_mistakes(run: Run, count: int) -> tuple[list[dict[str, Any]],
             }
         )
     return shown, f"the {len(shown)} most confident top-1 mistakes"
+
+
+def of_rows(run: Run, picks: np.ndarray) -> tuple[list[str | None], str | None]:
+    """The thumbnails of a run's rows `picks` (None: one that does not decode), or why
+    there are none: read back from its dataset, once it is shown to be the one scored."""
+    try:
+        split, images = dataset_images(run, picks)
+    except UserError as e:
+        return [], f"thumbnails left out: {e}"
+    except Exception as e:  # moved, offline, deleted: the page says so and goes on
+        return [], f"the dataset could not be read for thumbnails ({first_line(e)[:200]})"
+    return [thumbnail(image, split.roots) for image in images], None
 
 
 def dataset_images(run: Run, picks: np.ndarray) -> tuple[Any, list[Any]]:

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, first_line
 from pipeline.runs.durable import finite
 from pipeline.runs.plan import VERSION, RunPlan
 
@@ -139,7 +139,7 @@ def read(path: Path) -> Scores:
     try:
         values = pq.read_table(path).to_pylist()[0]
     except (OSError, pa.ArrowException, IndexError) as e:
-        raise UserError(f"{path} cannot be read ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{path} cannot be read ({first_line(e)})") from None
     if values.get(FORMAT) != VERSION:
         raise UserError(f"{path} was written by another version of this pipeline")
     return Scores(**{f.name: finite(values.get(f.name)) for f in fields(Scores)})

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     import torch
 
-VERSION = 3  # of run.json's layout; a folder of another version is refused, not guessed at
+VERSION = 4  # of run.json's layout; a folder of another version is refused, not guessed at
 RESULTS, RUNTIME = "results", "runtime"
 IN_RESULTS, AT_RUNTIME = {"part": RESULTS}, {"part": RUNTIME}  # a field's metadata
 
@@ -94,13 +94,18 @@ class ModelPlan:
     head: str = field(metadata=IN_RESULTS)  # how the model's outputs were read
     weights_sha256: str | None = field(metadata=IN_RESULTS)
     preprocess: str = field(metadata=IN_RESULTS)
+    classes: str = field(metadata=IN_RESULTS)  # the head's label space: imagenet-1k, named:N
     categories: tuple[str, ...] = field(metadata=IN_RESULTS)  # the head's class names
+    model_kwargs: str | None = field(metadata=IN_RESULTS)  # model.arch=module:...'s, as JSON
     weights_path: str | None = field(metadata=AT_RUNTIME)
     params: int = field(metadata=AT_RUNTIME)
     gmacs: float = field(metadata=AT_RUNTIME)  # multiply-adds of one image, billions
     # what the model's library publishes for it on ImageNet-1k val: (top-1, top-5), whose
     published_ref: tuple[float, float] | None = field(metadata=AT_RUNTIME)
     published_by: str | None = field(metadata=AT_RUNTIME)
+    # an export (python -m pipeline.export): its source's model.arch and weights' sha256
+    exported_from: str | None = field(metadata=AT_RUNTIME)
+    exported_from_sha256: str | None = field(metadata=AT_RUNTIME)
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,8 @@ class PixelPlan:
 class LabelPlan:
     """What the labels mean: the label space, and ImageNet-ReaL's where given."""
 
-    label_space: str = field(metadata=IN_RESULTS)  # imagenet-1k | subset:<n> | unlabeled
+    # the head's (imagenet-1k, named:N) | subset:<n> of it | unlabeled
+    label_space: str = field(metadata=IN_RESULTS)
     dataset_label_type: str = field(metadata=IN_RESULTS)  # the dataset_label column's type
     restricted: bool = field(metadata=IN_RESULTS)
     label_map: str = field(metadata=IN_RESULTS)  # digest of the resolved mapping

@@ -22,8 +22,11 @@ from helpers import (
     GOLDFISH,
     SPRINGER,
     TENCH,
+    TINY_TIMM,
+    answering_timm,
     crop_of,
     folder_of,
+    hf_folder,
     load_model,
     photo_split,
     run_cli,
@@ -43,7 +46,6 @@ from pipeline.runs import claims
 
 timm = pytest.importorskip("timm", reason="the timm extra")
 transformers = pytest.importorskip("transformers", reason="the hf extra")
-TINY_TIMM = "test_resnet.r160_in1k"  # timm's own test model: 0.47 M parameters
 # odd sizes, a strip, and 256x259, where transformers' floored crop offset (17) is not
 # torchvision's rounded one (18)
 SIZES = [(500, 375), (301, 457), (1000, 17), (256, 259)]
@@ -61,49 +63,6 @@ def ours(loaded, image: Image.Image) -> torch.Tensor:
     image.save(buffer, "PNG")
     preprocess = Preprocess.from_transforms(loaded.transforms)
     return crop_of(preprocess, buffer.getvalue())
-
-
-def answering_timm(tmp_path, first: int, then: int | None = None) -> str:
-    """A timm test_resnet checkpoint whose top-1 is always `first` (then `then`)."""
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    net = timm.create_model(TINY_TIMM, pretrained=False)
-    with torch.no_grad():
-        net.fc.weight.zero_()
-        net.fc.bias.zero_()
-        net.fc.bias[first] = 20.0
-        if then is not None:
-            net.fc.bias[then] = 10.0
-    path = tmp_path / f"timm-{first}-{then}.safetensors"
-    save_file(net.state_dict(), str(path))
-    return str(path)
-
-
-def hf_folder(tmp_path, *, names=None, answer: int | None = None, processor=None) -> str:
-    """A tiny transformers ResNet classifier saved as a hub folder: config (id2label), weights,
-    and its image processor (ConvNeXT's crop_pct resize unless given); `answer`: the output
-    column every image gets."""
-    names = names or list(imagenet.imagenet_classes()[1])
-    id2label = dict(enumerate(names))
-    config = transformers.ResNetConfig(
-        embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=len(names),
-        id2label=id2label, label2id={v: k for k, v in id2label.items()},
-    )  # fmt: skip
-    torch.manual_seed(0)
-    net = transformers.ResNetForImageClassification(config)
-    if answer is not None:
-        with torch.no_grad():
-            net.classifier[1].weight.zero_()
-            net.classifier[1].bias.zero_()
-            net.classifier[1].bias[answer] = 20.0
-    folder = tmp_path / f"hf-{answer}-{len(names)}-{type(processor).__name__}"
-    net.save_pretrained(folder)
-    processor = processor or transformers.ConvNextImageProcessor(
-        size={"shortest_edge": 224}, crop_pct=0.875
-    )
-    processor.save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.mark.parametrize("name", [TINY_TIMM, "resnet18.a1_in1k"])
@@ -330,14 +289,13 @@ def test_heads_that_are_not_imagenet_1k_are_refused(names, message):
         heads.to_imagenet(names, "a head")
 
 
-def test_timm_in22k_heads_and_unknown_names_are_refused():
-    """timm's ImageNet-22k head is refused, saying first that it has 21843 outputs and is
-    not an ImageNet-1k head (not by pointing at two outputs named 'hen'); an unknown model
-    or tag names the near ones."""
-    with pytest.raises(
-        UserError, match=r"head has 21843 outputs, not ImageNet-1k's 1000: it is not"
-    ):
-        load_model(arch="timm:vit_tiny_patch16_224.augreg_in21k", weights="none", sha256=None)
+def test_timm_in22k_heads_are_their_own_classes_and_unknown_names_are_refused():
+    """timm's ImageNet-22k head is not read as ImageNet-1k: it is its own 21843 classes,
+    named by the synsets timm gives it (ImageNet-1k's labels find them by WordNet id); an
+    unknown model or tag names the near ones."""
+    loaded = load_model(arch="timm:vit_tiny_patch16_224.augreg_in21k", weights="none")
+    assert loaded.classes.kind == "named:21843" and "its own 21843 classes" in loaded.head
+    assert loaded.classes.find("n01440764") is not None  # tench, among the 21843
     with pytest.raises(UserError, match="did you mean resnet18"):
         load_model(arch="timm:resnt18", weights="none", sha256=None)
     with pytest.raises(UserError, match=r"no such pretrained tag of resnet18; it has resnet18\.a1"):
@@ -374,7 +332,7 @@ def test_gmacs_match_torchvisions_published_operation_counts():
         entry = torchvision.models.get_model_weights(arch).DEFAULT
         assert loaded.gmacs == pytest.approx(entry.meta["_ops"], rel=0.01)
         assert loaded.params == entry.meta["num_params"]
-        assert measure(loaded.model, loaded.transforms)[1] == loaded.gmacs
+        assert measure(loaded, loaded.transforms)[1] == loaded.gmacs
 
 
 @pytest.mark.parametrize("module, arch", [("timm", "timm:resnet18"), ("transformers", "hf:x")])
