@@ -26,3 +26,7 @@ fi
 timeout 290 python3 benchmarks/bench.py --device cuda --images "${IMAGES:-20000}" --pairs 2 \
     --batch-size 512 --workers "$(nproc)" --memory "" --model-seconds 3 --timeout 120 \
     --work "${WORK:-/tmp/alexnet-eval-bench}"
+# the other sources on the GPU: .pt2 on CUDA, onnxruntime's CUDA provider (where
+# onnxruntime-gpu is installed), a zero-shot ViT-B-32's head build (1000 x 80) and run
+timeout 200 python3 benchmarks/sources.py --device cuda --images "${SOURCE_IMAGES:-4000}" \
+    --work "${WORK:-/tmp/alexnet-eval-bench}/sources" || echo "sources.py: did not finish"

@@ -47,3 +47,4 @@ class Library(str, Enum):
     module = "module"  # your own: module:PKG.MODULE:FUNCTION
     onnx = "onnx"  # an ONNX file, under onnxruntime
     pt2 = "pt2"  # a torch.export program
+    openclip = "openclip"  # open_clip's CLIP-like models, zero-shot

@@ -53,7 +53,9 @@ class DatasetConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "alexnet"  # a torchvision classifier, timm:NAME or hf:HUB_ID_OR_FOLDER
+    # a torchvision classifier, timm:NAME, hf:HUB_ID_OR_FOLDER, module:PKG.MODULE:FUNCTION,
+    # onnx:FILE, pt2:FILE or openclip:NAME
+    arch: str = "alexnet"
     name: str | None = None  # model=timm / model=hf: the library's model (arch: timm:NAME)
     # pretrained: the library's weights for it (torchvision: the architecture's DEFAULT) |
     # a torchvision weights name | a checkpoint path (torchvision, timm) | none
@@ -71,6 +73,10 @@ class ModelConfig:
     # (a checkpoint whose head has other classes, a module, an export without metadata)
     classes: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)  # model.arch=module:...'s arguments
+    # a zero-shot model's text: the class names (one per line, in class order) and the
+    # templates (one per line, {} where the name goes); null: the defaults (zeroshot.py)
+    classnames: str | None = None
+    templates: str | None = None
 
 
 @dataclass

@@ -86,6 +86,8 @@ def model_plan(model: LoadedModel, corruption: Corruption) -> ModelPlan:
         classes=model.classes.kind,
         categories=tuple(model.categories),
         model_kwargs=model.kwargs,
+        zero_shot_names_sha256=model.prompts.names_sha256 if model.prompts else None,
+        zero_shot_templates_sha256=model.prompts.templates_sha256 if model.prompts else None,
         weights_path=model.file,
         params=model.params,
         gmacs=model.gmacs,

@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> None:
         "runs",
         type=Path,
         nargs="+",
-        help="finished run folders (the first gets the report), or one sweep folder (its "
-        "finished jobs, the report in the sweep folder)",
+        help="finished run folders and sweep folders (a sweep: its finished jobs); the report "
+        "goes into the first folder given",
     )
     parser.add_argument(
         "--thumbnails", type=int, default=24, help="most confident mistakes to show (0: none)"

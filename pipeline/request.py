@@ -8,9 +8,12 @@ A leaf of plain dataclasses: the stages import their part from here, never the c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.choices import Amp, Backend, Interpolation, Library, OnError, Protocol
+
+if TYPE_CHECKING:
+    from pipeline.models.zeroshot import Prompts
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,9 @@ class ModelRequest:
     std: tuple[float, ...] | None = None
     classes: str | None = None  # the head's classes: imagenet-1k, or a file of names
     kwargs: tuple[tuple[str, Any], ...] = ()  # a module's builder's keyword arguments
+    classnames: str | None = None  # a zero-shot model's class names, a file
+    templates: str | None = None  # and its templates, a file
+    prompts: Prompts | None = None  # a zero-shot head's text, decided from the dataset
 
     @property
     def arch(self) -> str:

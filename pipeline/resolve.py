@@ -141,6 +141,11 @@ def model(m: ModelConfig) -> ModelRequest:
             f"model.preprocess is for checkpoints, modules and exports; {library.value} models "
             f"bring their own (override it with model.resize, crop, interpolation, mean, std)"
         )
+    if (m.classnames or m.templates) and library not in (Library.openclip, Library.hf):
+        raise UserError(
+            f"model.classnames and model.templates are a zero-shot model's text "
+            f"(model=openclip, or model=hf with a CLIP or SigLIP); model.arch={m.arch} has a head"
+        )
     if m.kwargs and library is not Library.module:
         raise UserError(
             f"model.kwargs are the arguments of model.arch=module:PKG.MODULE:FUNCTION; "
@@ -169,4 +174,6 @@ def model(m: ModelConfig) -> ModelRequest:
         std=None if m.std is None else tuple(m.std),
         classes=m.classes,
         kwargs=tuple(sorted(plain(m.kwargs).items())),
+        classnames=m.classnames,
+        templates=m.templates,
     )

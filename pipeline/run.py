@@ -22,9 +22,9 @@ from pipeline.data.classes import Classes
 from pipeline.data.imagenet import IMAGENET_1K
 from pipeline.data.real import RealLabels
 from pipeline.errors import UserError
-from pipeline.models import registry
+from pipeline.models import registry, zeroshot
 from pipeline.models.load import load_model, start_hashing
-from pipeline.request import Request
+from pipeline.request import ModelRequest, Request
 from pipeline.runs import claims, metrics, parts
 from pipeline.runs.durable import check_writable
 from pipeline.runs.folder import RunFolder
@@ -80,7 +80,7 @@ def _run(
 ) -> Finished:
     hint = summary.resume_hint(folder.path)
     stopper.check(hint)
-    inputs = load_inputs(asked, group)
+    inputs = load_inputs(asked, group, runtime.device)
     rows = distributed.plan_rows(inputs.split.num_rows, asked.rows, group.world)
     the_plan = planning.build(
         asked, runtime, split=inputs.split, rows=rows, model=inputs.model,
@@ -105,24 +105,59 @@ def _run(
     return group.on_rank0(lambda: finish(folder, the_plan, scored=scored, wall=wall))
 
 
-def load_inputs(asked: Request, group: distributed.Group) -> Inputs:
+def load_inputs(asked: Request, group: distributed.Group, device: str = "cpu") -> Inputs:
     """The split, what its labels mean as the head's classes, the ReaL labels if asked for,
     and the model: in that order where the head's classes are known before its weights, so
-    that a label refusal never waits for them."""
+    that a label refusal never waits for them. A zero-shot model's classes are decided
+    from the split first (its head is built from their names, on `device`)."""
     start_hashing(asked.model)  # while the dataset loads
     split = group.rank0_first(lambda: source.load_split(asked.source))
-    early = registry.source(asked.model.library).head_classes(asked.model)
-    model = None if early is not None else load_model(asked.model)
+    wanted = asked.model
+    if zero_shot(wanted):
+        wanted = replace(wanted, prompts=zero_shot_prompts(asked, split, device))
+        asked = replace(asked, model=wanted)
+    early = registry.source(wanted.library).head_classes(wanted)
+    # rank 0 first: a zero-shot head it builds is cached for the others
+    model = None if early is not None else group.rank0_first(lambda: load_model(wanted))
     classes = early if early is not None else model.classes  # type: ignore[union-attr]
     imagenet_only(asked, classes)
     space = resolve_labels(asked, split, classes)
     real = load_real(asked.real_labels, split)
-    model = model or load_model(asked.model)
+    model = model or group.rank0_first(lambda: load_model(wanted))
     assert model.classes.names == classes.names, "the head's classes, known early, held"
     corruption = asked.corruption
     if corruption.on_the_fly:  # the library that makes it, now that it is imported
         corruption = replace(corruption, source=f"{corrupt.library()[1]} on the fly (approximate)")
     return Inputs(split=split, labels=space, real=real, model=model, corruption=corruption)
+
+
+def zero_shot(asked: ModelRequest) -> bool:
+    """Whether the model is zero-shot (its source says; most have a head)."""
+    answer = getattr(registry.source(asked.library), "zero_shot", None)
+    return bool(answer and answer(asked))
+
+
+def zero_shot_prompts(asked: Request, split: source.Split, device: str) -> zeroshot.Prompts:
+    """A zero-shot head's text: ImageNet-1k's names where the split's labels read as
+    ImageNet-1k classes (or it has none), else the split's own class names."""
+    column = asked.source.label_column
+    try:
+        resolve_labels(asked, split, IMAGENET_1K)
+        own = None
+    except UserError as e:
+        own = labels.own_names(
+            split.table.features,
+            label_column=column,
+            folder_names=source.folder_names(split) if column else None,
+            string_values=source.string_values(split, column),
+        )
+        if own is None:
+            raise UserError(
+                f"{e}; a zero-shot head is built from class names: give the labels names "
+                f"(a ClassLabel, class folders, strings) or dataset.classes"
+            ) from None
+    m = asked.model
+    return zeroshot.prompts(own, classnames=m.classnames, templates=m.templates, device=device)
 
 
 def imagenet_only(asked: Request, classes: Classes) -> None:

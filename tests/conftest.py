@@ -19,12 +19,13 @@ from pipeline.config import Config
 
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """No test may reach a hub; each session gets its own HF and torch caches."""
+    """No test may reach a hub; each session gets its own HF, torch and head caches."""
     cache = tmp_path_factory.getbasetemp() / "caches"
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(cache / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(cache / "torch"))
+    monkeypatch.setenv("ALEXNET_EVAL_CACHE", str(cache / "alexnet-eval"))  # zero-shot heads
     import datasets
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache / "hf" / "datasets")

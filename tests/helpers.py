@@ -322,3 +322,61 @@ def names_file(tmp_path, names: Sequence[str] = tuple(ANIMALS), name: str = "cla
     path = tmp_path / name
     path.write_text("".join(f"{n}\n" for n in names))
     return str(path)
+
+
+# a tiny random CLIP (open_clip's CLIP class, seeded), saved as open_clip's own local-dir
+# layout; its tokenizer is the one open_clip ships, so nothing is downloaded
+TINY_CLIP = {
+    "model_cfg": {
+        "embed_dim": 32,
+        "vision_cfg": {
+            "image_size": 64,
+            "layers": 2,
+            "width": 64,
+            "patch_size": 16,
+            "head_width": 32,
+        },
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": 64,
+            "heads": 2,
+            "layers": 2,
+        },
+    },
+    "preprocess_cfg": {
+        "mean": [0.48145466, 0.4578275, 0.40821073],
+        "std": [0.26862954, 0.26130258, 0.27577711],
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
+        "size": 64,
+    },
+}
+
+
+def tiny_clip(folder: Path, seed: int = 0) -> Path:
+    """A tiny random open_clip CLIP as a local-dir: folder (config + safetensors)."""
+    import json
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps(TINY_CLIP))
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**TINY_CLIP["model_cfg"])
+    save_file(model.state_dict(), str(folder / "open_clip_model.safetensors"))
+    return folder
+
+
+def labelled(path, labels: list[int], names=None):
+    """A Parquet split of photos with these labels (ImageNet ids, or indices into `names`)."""
+    import datasets
+
+    rows: dict[str, list[Any]] = {
+        "image": [{"bytes": jpeg(photo(i)), "path": f"{i}.jpg"} for i in range(len(labels))]
+    }
+    rows["label"] = labels
+    label = datasets.ClassLabel(names=names) if names else None
+    hub_dataset(rows, label=label).to_parquet(path)
+    return path

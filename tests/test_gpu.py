@@ -78,3 +78,32 @@ def test_cuda_settings_resolve_to_one_stream_and_every_core():
     assert settings.resolve_amp(Amp.auto, cuda) is torch.float16
     assert settings.resolve_streams("auto", cuda, compile=False, threads=8) == 1
     assert settings.resolve_workers("auto", cuda) >= 1
+
+
+@pytest.mark.parametrize("kind", ["pt2", "onnx", "zero-shot"])
+def test_other_sources_on_cuda_give_the_cpu_top5(config, tmp_path, kind, monkeypatch):
+    """A .pt2 program and an ONNX file (onnxruntime's CUDA provider where onnxruntime-gpu
+    is installed, else its CPU, said) and a zero-shot CLIP whose head is built on the GPU
+    give, on CUDA in fp32, the CPU's top-5 image for image."""
+    from helpers import ANIMALS, GIVEN, TINYNET, folder_of, names_file, tiny_clip
+
+    from pipeline import export
+
+    root = folder_of(tmp_path, ANIMALS, per_class=4)
+    if kind == "zero-shot":
+        pytest.importorskip("open_clip", reason="the clip extra")
+        model = ["model=openclip", f"model.name=local-dir:{tiny_clip(tmp_path / 'clip')}"]
+    else:
+        if kind == "onnx":
+            pytest.importorskip("onnxruntime", reason="the onnx extra")
+        out = tmp_path / f"net.{kind}"
+        source = [f"model.arch={TINYNET}", f"model.classes={names_file(tmp_path)}", *GIVEN]
+        export.export(out, source, batch=None, opset=None)
+        model = [f"model.arch={kind}:{out}"]
+    data = ["dataset=imagefolder", f"dataset.path={root}", "amp=off", "batch_size=4", *model]
+    run.evaluate(config(*data, "device=cpu"), tmp_path / "cpu")
+    monkeypatch.setenv("ALEXNET_EVAL_CACHE", str(tmp_path / "gpu-cache"))  # built on the GPU
+    run.evaluate(config(*data, "device=cuda"), tmp_path / "cuda")
+    cpu, cuda = (pd.read_parquet(tmp_path / d / claims.PREDICTIONS) for d in ("cpu", "cuda"))
+    assert np.stack(cuda["topk"]).tolist() == np.stack(cpu["topk"]).tolist()
+    np.testing.assert_allclose(np.stack(cuda["topk_prob"]), np.stack(cpu["topk_prob"]), atol=1e-4)

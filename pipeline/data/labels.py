@@ -197,6 +197,27 @@ def _from_strings(
     return None, names, f"string labels matched by name ({len(values)})"
 
 
+def own_names(
+    features: Any,
+    *,
+    label_column: str | None,
+    folder_names: Sequence[str] | None,
+    string_values: Sequence[str] | None,
+) -> list[str] | None:
+    """A split's own class names, in label order (a zero-shot head is built from them):
+    its folders', its ClassLabel's, or its distinct strings sorted; None when its labels
+    have no names."""
+    if label_column is None:
+        return None
+    feature = features[label_column]
+    kind = _feature_kind(feature, label_column)
+    if kind == "classlabel":
+        return list(folder_names) if folder_names is not None else list(feature.names)
+    if kind == "string":
+        return None if string_values is None else sorted(string_values)
+    return None
+
+
 def _feature_kind(feature: Any, column: str) -> str:
     import datasets
 

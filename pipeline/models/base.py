@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from torch import nn
 
@@ -16,6 +16,9 @@ from pipeline.data.transforms import EvalTransform
 from pipeline.errors import UserError
 from pipeline.request import ModelRequest
 
+if TYPE_CHECKING:
+    from pipeline.models.zeroshot import Prompts
+
 
 @dataclass(frozen=True)
 class Published:
@@ -23,7 +26,7 @@ class Published:
     transform: what a whole val run is checked against."""
 
     top1: float
-    top5: float
+    top5: float | None  # None: not published (open_clip's table has top-1 only)
     by: str  # whose numbers, in words: "torchvision IMAGENET1K_V1", "timm results (...)"
 
 
@@ -49,6 +52,7 @@ class LoadedModel:
     kwargs: str | None = None  # a module's builder's arguments, as JSON
     exported_from: str | None = None  # an export: its source's model.arch ...
     exported_from_sha256: str | None = None  # ... and that model's weights' sha256
+    prompts: Prompts | None = None  # a zero-shot head's text (names, templates)
 
     @property
     def categories(self) -> tuple[str, ...]:

@@ -10,19 +10,22 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+from concurrent.futures import Future
 from typing import Any
 
+import torch
 from torchvision.transforms import InterpolationMode
 
 from pipeline.data.classes import Classes
 from pipeline.data.transforms import EvalTransform, Style
 from pipeline.errors import UserError, first_line, optional
-from pipeline.models import heads
+from pipeline.models import heads, zeroshot
 from pipeline.models.base import LoadedModel, Published
 from pipeline.models.weights import file_digest, file_sha256, random_weights
 from pipeline.request import ModelRequest
 
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")  # what from_pretrained reads
+ZERO_SHOT = ("clip", "siglip", "siglip2")  # model types whose head is built from text
 
 
 def load(asked: ModelRequest) -> LoadedModel:
@@ -41,6 +44,8 @@ def load(asked: ModelRequest) -> LoadedModel:
         raise UserError(f"{what}: no such folder (a hub id has the form ORG/NAME)")
     processor = _read(what, lambda: transformers.AutoImageProcessor.from_pretrained(name))
     config = _read(what, lambda: transformers.AutoConfig.from_pretrained(name))
+    if config.model_type in ZERO_SHOT:
+        return _zero_shot(asked, transformers, config, processor)
     auto = transformers.AutoModelForImageClassification
     digest = None
     if weights == "none":
@@ -67,8 +72,86 @@ def load(asked: ModelRequest) -> LoadedModel:
     )
 
 
+def _zero_shot(asked: ModelRequest, transformers: Any, config: Any, processor: Any) -> LoadedModel:
+    """A CLIP or SigLIP model (AutoModel) with its tokenizer, from the folder or the local
+    cache: its image features under a zero-shot head of the run's prompts."""
+    name, what = asked.name, f"model.arch=hf:{asked.name}"
+    if asked.prompts is None or asked.classes is not None:
+        raise UserError(
+            f"{what} is zero-shot: its classes come from the dataset, not model.classes"
+        )
+    tokenizer = _read(what, lambda: transformers.AutoTokenizer.from_pretrained(name))
+    digest = None
+    if asked.weights == "none":
+        random_weights(asked.sha256)
+        net = _read(what, lambda: transformers.AutoModel.from_config(config))
+    else:
+        net = _read(what, lambda: transformers.AutoModel.from_pretrained(name))
+        digest = _digest(name, asked.sha256)
+    net.eval()
+    device = torch.device(asked.prompts.device)
+    siglip = config.model_type != "clip"  # SigLIP: trained on max_length padding
+
+    def encode(texts: list[str]) -> torch.Tensor:
+        padding = "max_length" if siglip else True
+        tokens = tokenizer(texts, padding=padding, truncation=True, return_tensors="pt")
+        return _normalized(net.get_text_features(**tokens.to(device)))
+
+    sha = digest.result() if isinstance(digest, Future) else digest
+    key = f"transformers {name} {asked.weights} {sha or 'random, seed 0'}"
+    net.to(device)
+    try:
+        weights, how = zeroshot.head(asked.prompts, key, encode)
+    finally:
+        net.to("cpu")
+    scale, bias = zeroshot.logit_scale(net)
+    return LoadedModel(
+        model=zeroshot.ZeroShot(_ImageFeatures(net), weights, scale, bias),
+        arch=f"hf:{name}",
+        weights=asked.weights,
+        digest=digest,
+        classes=asked.prompts.classes,
+        transforms=eval_transform(processor, name),
+        preprocess=f"transformers {type(processor).__name__} of {name}",
+        file=name,
+        source=asked.weights,
+        library=f"transformers {transformers.__version__}",
+        head=f"zero-shot over {asked.prompts.classes.kind}: {asked.prompts.source} ({how})",
+        prompts=asked.prompts,
+    )
+
+
+def _normalized(output: Any) -> torch.Tensor:
+    """Features (transformers 5 returns them as an output's pooler_output), normalised."""
+    features = getattr(output, "pooler_output", output)
+    return features / features.norm(dim=-1, keepdim=True)
+
+
+class _ImageFeatures(torch.nn.Module):
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        output = self.net.get_image_features(pixel_values=x)  # type: ignore[operator]
+        return getattr(output, "pooler_output", output)
+
+
+def zero_shot(asked: ModelRequest) -> bool:
+    """Whether the model is CLIP-like (its config's model type), read before the dataset's
+    labels are: its classes then come from them."""
+    transformers = optional("transformers", "hf", "model.arch=hf:...")
+    config = _read(
+        f"model.arch=hf:{asked.name}", lambda: transformers.AutoConfig.from_pretrained(asked.name)
+    )
+    return config.model_type in ZERO_SHOT
+
+
 def head_classes(asked: ModelRequest) -> Classes | None:
-    """model.classes where given; else the config's id2label, read with the model."""
+    """The prompts' classes for a zero-shot model; model.classes where given; else the
+    config's id2label, read with the model."""
+    if asked.prompts is not None:
+        return asked.prompts.classes
     if asked.classes is not None:
         return heads.declared_classes(asked.classes, None, f"hf:{asked.name}'s head")
     return None

@@ -31,6 +31,7 @@ SOURCES: dict[Library, Entry] = {
     Library.module: Entry("pipeline.models.from_module", None, "my_pkg.nets:build"),
     Library.onnx: Entry("pipeline.models.from_onnx", ("onnxruntime", "onnx"), "model.onnx"),
     Library.pt2: Entry("pipeline.models.from_pt2", None, "model.pt2"),
+    Library.openclip: Entry("pipeline.models.from_openclip", ("open_clip", "clip"), "ViT-B-32"),
 }
 
 

@@ -235,8 +235,9 @@ def effective_robustness(er: dict[str, Any]) -> str:
     out.append(
         f"<p class=muted>Top-1 on each dataset against top-1 on {esc(er['val'])}, on "
         f"{esc(er['scale'])}-scaled axes, with the least-squares line through the models "
-        f"(Taori et al. 2020). Effective robustness: a model's top-1 minus the line's at its "
-        f"{esc(er['val'])} top-1, in points.</p>"
+        f"trained on ImageNet (Taori et al. 2020); zero-shot models (stars) are measured "
+        f"against that line, not fitted. Effective robustness: a model's top-1 minus the "
+        f"line's at its {esc(er['val'])} top-1, in points.</p>"
     )
     plots, tables = [], []
     for d in er["datasets"]:
@@ -245,7 +246,8 @@ def effective_robustness(er: dict[str, Any]) -> str:
         head = ["#", "model", f"{er['val']} top-1 %", f"{d['dataset']} top-1 %",
                 "on the line %", "effective robustness, points"]  # fmt: skip
         rows = [
-            [k, r["model"], num(r["val_top1"], 2), num(r["top1"], 2),
+            [k, r["model"] + (" (zero-shot)" if r.get("zero_shot") else ""),
+             num(r["val_top1"], 2), num(r["top1"], 2),
              num(r.get("expected_top1"), 2), num(r.get("effective_robustness"), 2)]
             for k, r in enumerate(d["models"], 1)
         ]  # fmt: skip

@@ -119,9 +119,10 @@ def single(run: Run) -> dict[str, Any]:
 
 def published(s: metrics.Scores, by: str | None) -> dict[str, Any] | None:
     """The published numbers beside the run's, where they apply, and whose they are."""
-    if s.published_top1 is None or s.published_top5 is None or s.top1 is None or s.top5 is None:
+    if s.published_top1 is None or s.top1 is None:
         return None
-    d1, d5 = s.top1 - s.published_top1, s.top5 - s.published_top5
+    d1 = s.top1 - s.published_top1
+    d5 = None if s.published_top5 is None or s.top5 is None else s.top5 - s.published_top5
     return {
         "by": by,
         "top1": s.published_top1,
@@ -272,14 +273,19 @@ def is_report_page(path: Path) -> bool:
 
 
 def targets(paths: list[Path]) -> tuple[list[Path], Path]:
-    """The run folders to report on and where the report goes: the folders given, or a
-    sweep folder's finished jobs in job order (the report then in the sweep folder)."""
-    if len(paths) != 1 or not (paths[0] / "multirun.yaml").exists():
-        return paths, paths[0]
-    jobs = sorted(
-        (d for d in paths[0].iterdir() if d.name.isdigit() and (d / claims.METRICS).exists()),
-        key=lambda d: int(d.name),
-    )
-    if not jobs:
-        raise UserError(f"{paths[0]} holds no finished job to report on")
-    return jobs, paths[0]
+    """The run folders to report on and where the report goes: the folders given, each
+    sweep folder among them as its finished jobs in job order; the report goes into the
+    first folder given (a sweep folder, or the first run)."""
+    dirs: list[Path] = []
+    for path in paths:
+        if not (path / "multirun.yaml").exists():
+            dirs.append(path)
+            continue
+        jobs = sorted(
+            (d for d in path.iterdir() if d.name.isdigit() and (d / claims.METRICS).exists()),
+            key=lambda d: int(d.name),
+        )
+        if not jobs:
+            raise UserError(f"{path} holds no finished job to report on")
+        dirs += jobs
+    return dirs, paths[0]

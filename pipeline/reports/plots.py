@@ -116,7 +116,15 @@ def robustness_plot(entry: dict[str, Any], val: str, scale: str) -> str:
         line = np.linspace(span[0], span[1], 50)
         fitted = entry["fit"]["slope"] * line + entry["fit"]["intercept"]
         ax.plot(line, fitted, "-", color="#a33", lw=1.2, label=f"{scale} fit")
-    ax.scatter(xs, ys, color="#2b5b84", zorder=3)
+    zero = [bool(r.get("zero_shot")) for r in rows]
+    styles: dict[bool, dict[str, Any]] = {
+        False: {"color": "#2b5b84", "marker": "o", "label": "trained on ImageNet"},
+        True: {"color": "#d9822b", "marker": "*", "s": 90, "label": "zero-shot"},
+    }
+    for marked, style in styles.items():
+        picked = [k for k, z in enumerate(zero) if z == marked]
+        if picked:
+            ax.scatter([xs[k] for k in picked], [ys[k] for k in picked], zorder=3, **style)
     for k, (x, y) in enumerate(zip(xs, ys, strict=True), 1):  # the table's #: names collide
         ax.annotate(str(k), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xticks([to_axis(t / 100) for t in ticks], [str(t) for t in ticks])

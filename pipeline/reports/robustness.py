@@ -56,6 +56,7 @@ class Point:
     top1: float
     n: int
     run: str
+    zero_shot: bool = False  # a CLIP-like model: plotted apart, not on the line's fit
 
 
 def model_name(plan: RunPlan) -> str:
@@ -103,7 +104,8 @@ def points(runs: Iterable[tuple[str, RunPlan, Scores]]) -> tuple[list[Point], li
                 f"{where}): both left out"
             )
             continue
-        kept[key] = Point(model, dataset, scores.top1, scores.n_labeled, where)
+        zero_shot = plan.model.zero_shot_names_sha256 is not None
+        kept[key] = Point(model, dataset, scores.top1, scores.n_labeled, where, zero_shot)
     return list(kept.values()), notes
 
 
@@ -159,30 +161,35 @@ def _dataset_entry(
             left.append(f"{p.model}: a top-1 of 0 or 100% has no place on {scale} axes")
         else:
             rows.append({"model": p.model, "val_top1": v.top1, "top1": p.top1,
-                         "n_val": v.n, "n": p.n, "val_run": v.run, "run": p.run})  # fmt: skip
+                         "n_val": v.n, "n": p.n, "val_run": v.run, "run": p.run,
+                         "zero_shot": p.zero_shot})  # fmt: skip
     entry: dict[str, Any] = {"dataset": dataset, "models": rows, "left_out": left, "fit": None}
-    spread = max((r["val_top1"] for r in rows), default=0) - min(
-        (r["val_top1"] for r in rows), default=0
+    trained = [r for r in rows if not r["zero_shot"]]  # the line is the ImageNet-trained ones'
+    spread = max((r["val_top1"] for r in trained), default=0) - min(
+        (r["val_top1"] for r in trained), default=0
     )
-    if len(rows) >= 2 and spread < MIN_SPREAD:
+    if len(trained) >= 2 and spread < MIN_SPREAD:
         left.append(
-            f"no line can be fitted: the {len(rows)} models' {val} top-1 span {spread:.2f} "
+            f"no line can be fitted: the {len(trained)} models' {val} top-1 span {spread:.2f} "
             f"points, and a fit needs them to span {MIN_SPREAD:g} or more"
         )
         return entry
-    measured = len(rows) >= MIN_MODELS
-    if len(rows) >= 2:
-        xs = [to_axis(r["val_top1"] / 100) for r in rows]
-        slope, intercept = fit(xs, [to_axis(r["top1"] / 100) for r in rows])
-        entry["fit"] = {"slope": slope, "intercept": intercept, "models": len(rows)}
-        for r, x in zip(rows, xs, strict=True):
-            r["expected_top1"] = 100 * from_axis(slope * x + intercept)
+    measured = len(trained) >= MIN_MODELS
+    if len(trained) >= 2:
+        slope, intercept = fit(
+            [to_axis(r["val_top1"] / 100) for r in trained],
+            [to_axis(r["top1"] / 100) for r in trained],
+        )
+        entry["fit"] = {"slope": slope, "intercept": intercept, "models": len(trained)}
+        for r in rows:
+            r["expected_top1"] = 100 * from_axis(slope * to_axis(r["val_top1"] / 100) + intercept)
             r["effective_robustness"] = r["top1"] - r["expected_top1"] if measured else None
     if not measured:
-        why = " (a line through two passes through both)" if len(rows) == 2 else ""
+        why = " (a line through two passes through both)" if len(trained) == 2 else ""
         left.append(
-            f"effective robustness needs {MIN_MODELS} or more models on {val} and "
-            f"{dataset}; it has {len(rows)}{why}"
+            f"effective robustness needs {MIN_MODELS} or more ImageNet-trained models on "
+            f"{val} and {dataset} (zero-shot ones are measured against their line); it has "
+            f"{len(trained)}{why}"
         )
     return entry
 
@@ -196,6 +203,10 @@ def lines(er: dict[str, Any]) -> list[str]:
         if not measured:
             out.append(f"{head}): {'; '.join(d['left_out'])}")
             continue
-        models = ", ".join(f"{r['model']} {r['effective_robustness']:+.2f}" for r in measured)
+        models = ", ".join(
+            f"{r['model']}{' (zero-shot)' if r.get('zero_shot') else ''} "
+            f"{r['effective_robustness']:+.2f}"
+            for r in measured
+        )
         out.append(f"{head} through {d['fit']['models']} models, points): {models}")
     return out + [f"  left out: {n}" for n in er["notes"]]

@@ -97,11 +97,14 @@ class ModelPlan:
     classes: str = field(metadata=IN_RESULTS)  # the head's label space: imagenet-1k, named:N
     categories: tuple[str, ...] = field(metadata=IN_RESULTS)  # the head's class names
     model_kwargs: str | None = field(metadata=IN_RESULTS)  # model.arch=module:...'s, as JSON
+    # a zero-shot head: the sha256 of its class names' and its templates' texts
+    zero_shot_names_sha256: str | None = field(metadata=IN_RESULTS)
+    zero_shot_templates_sha256: str | None = field(metadata=IN_RESULTS)
     weights_path: str | None = field(metadata=AT_RUNTIME)
     params: int = field(metadata=AT_RUNTIME)
     gmacs: float = field(metadata=AT_RUNTIME)  # multiply-adds of one image, billions
     # what the model's library publishes for it on ImageNet-1k val: (top-1, top-5), whose
-    published_ref: tuple[float, float] | None = field(metadata=AT_RUNTIME)
+    published_ref: tuple[float, float | None] | None = field(metadata=AT_RUNTIME)
     published_by: str | None = field(metadata=AT_RUNTIME)
     # an export (python -m pipeline.export): its source's model.arch and weights' sha256
     exported_from: str | None = field(metadata=AT_RUNTIME)

@@ -8,7 +8,6 @@ import json
 import math
 import subprocess
 import sys
-from typing import Any
 
 import pytest
 from helpers import (
@@ -16,10 +15,8 @@ from helpers import (
     SPRINGER,
     TENCH,
     headless,
-    hub_dataset,
-    jpeg,
+    labelled,
     needs_chromium,
-    photo,
     run_cli,
 )
 
@@ -30,19 +27,6 @@ from pipeline.runs import claims
 scipy_stats = pytest.importorskip("scipy.stats")
 VAL = [TENCH] * 5 + [GOLDFISH] * 3 + [SPRINGER] * 2  # a model answering c: its share here
 SHIFTED = [TENCH] * 2 + [GOLDFISH] * 3 + [SPRINGER] * 5
-
-
-def labelled(path, labels: list[int], names=None):
-    """A Parquet split of photos with these labels (ImageNet ids, or indices into `names`)."""
-    import datasets
-
-    rows: dict[str, list[Any]] = {
-        "image": [{"bytes": jpeg(photo(i)), "path": f"{i}.jpg"} for i in range(len(labels))]
-    }
-    rows["label"] = labels
-    label = datasets.ClassLabel(names=names) if names else None
-    hub_dataset(rows, label=label).to_parquet(path)
-    return path
 
 
 def logit(p: float) -> float:
@@ -181,7 +165,7 @@ def test_a_two_model_sweep_and_its_plot(repo_root, tmp_path, answering):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "effective robustness on shifted (against imagenet-val, logit fit)" in proc.stdout
-    assert "needs 3 or more models" in proc.stdout
+    assert "needs 3 or more ImageNet-trained models" in proc.stdout
     (entry,) = json.loads((sweep / "report.json").read_text())["effective_robustness"]["datasets"]
     assert {(r["val_top1"], r["top1"]) for r in entry["models"]} == {(50.0, 20.0), (30.0, 30.0)}
     assert all(r["effective_robustness"] is None for r in entry["models"])
