@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 import torch
@@ -67,12 +68,10 @@ def prompts(
     """The prompts for a dataset: ImageNet-1k's where `own_names` is None (its labels read
     as ImageNet-1k, or it has none), else its own class names; model.classnames and
     model.templates (files, one per line) override the defaults."""
-    import open_clip  # its curated ImageNet names and OpenAI's templates (the clip extra)
-
     if own_names is None:
         classes: Classes = IMAGENET_1K
-        names = tuple(open_clip.IMAGENET_CLASSNAMES)
-        default = tuple(t("{}") for t in open_clip.OPENAI_IMAGENET_TEMPLATES)
+        names = _shipped("clip-imagenet-names.txt")
+        default = _shipped("clip-imagenet-templates.txt")
         said = "ImageNet-1k: open_clip's curated names (OpenAI's)"
         said_templates = "OpenAI's 80 templates"
     else:
@@ -98,6 +97,12 @@ def prompts(
             )
         said_templates = f"{len(chosen)} templates from model.templates={templates}"
     return Prompts(classes, names, chosen, f"{said}, {said_templates}", device)
+
+
+def _shipped(name: str) -> tuple[str, ...]:
+    """open_clip's curated ImageNet names and OpenAI's templates, as shipped in classes/
+    (scripts/build_clip_text.py), so a transformers CLIP needs no open_clip."""
+    return tuple(files("pipeline").joinpath("classes", name).read_text().splitlines())
 
 
 def cache_dir() -> Path:
