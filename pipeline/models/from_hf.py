@@ -40,10 +40,8 @@ def load(asked: ModelRequest) -> LoadedModel:
             f"model.arch=hf:{name} (a hub id or a folder): pretrained, or none"
         )
     what = f"model.arch=hf:{name}"
-    if name.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(name)):
-        raise UserError(f"{what}: no such folder (a hub id has the form ORG/NAME)")
+    config = _config(transformers, name)
     processor = _read(what, lambda: transformers.AutoImageProcessor.from_pretrained(name))
-    config = _read(what, lambda: transformers.AutoConfig.from_pretrained(name))
     if config.model_type in ZERO_SHOT:
         return _zero_shot(asked, transformers, config, processor)
     auto = transformers.AutoModelForImageClassification
@@ -141,10 +139,7 @@ def zero_shot(asked: ModelRequest) -> bool:
     """Whether the model is CLIP-like (its config's model type), read before the dataset's
     labels are: its classes then come from them."""
     transformers = optional("transformers", "hf", "model.arch=hf:...")
-    config = _read(
-        f"model.arch=hf:{asked.name}", lambda: transformers.AutoConfig.from_pretrained(asked.name)
-    )
-    return config.model_type in ZERO_SHOT
+    return _config(transformers, asked.name).model_type in ZERO_SHOT
 
 
 def head_classes(asked: ModelRequest) -> Classes | None:
@@ -165,6 +160,15 @@ def published_at(loaded: LoadedModel, transforms: EvalTransform) -> Published | 
 def cached_file(asked: ModelRequest) -> str | None:
     """A folder's or the cache's weights are found as they load: nothing before."""
     return None
+
+
+def _config(transformers: Any, name: str) -> Any:
+    """The model's config.json, read from the folder or the cache: a path that is not a
+    folder is refused as that, not as a malformed hub id."""
+    what = f"model.arch=hf:{name}"
+    if name.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(name)):
+        raise UserError(f"{what}: no such folder (a hub id has the form ORG/NAME)")
+    return _read(what, lambda: transformers.AutoConfig.from_pretrained(name))
 
 
 def _read(what: str, make: Any) -> Any:
