@@ -21,8 +21,8 @@ the per-image comparison is strict: a rounding difference shows as a flip. Two d
    Both build the head from OpenAI's curated names and 80 templates: that the two lists
    are the same text is checked and printed.
 2. Ten classes: peers_models.py's pets-named folders (200 images), the pipeline with its
-   defaults (the folder names, "a photo of a {}."), clip_benchmark given the same names and
-   template in its --custom_classname_file / --custom_template_file.
+   defaults (the folder names, `_` read as a space, and "a photo of a {}."), clip_benchmark
+   given the same names and template in its --custom_classname_file / --custom_template_file.
 
 Each side at fp32 (clip_benchmark's --no_amp; its default autocast runs bfloat16 on a CPU,
 scored once to show what it does), batch size 64, each tool's default workers. Whole
@@ -92,7 +92,7 @@ def ten_class_folder(work: Path) -> tuple[Path, Path, Path]:
     root = work / "ten"
     named_corpus(root / "val", 200, 0)
     names, templates = work / "ten-names.json", work / "ten-templates.json"
-    names.write_text(json.dumps({DATASET: list(FOLDERS)}))
+    names.write_text(json.dumps({DATASET: [f.replace("_", " ") for f in FOLDERS]}))
     templates.write_text(json.dumps({DATASET: ["a photo of a {c}."]}))
     return root, names, templates
 

@@ -4,8 +4,9 @@ build_zero_shot_classifier), and the logits are the model's logit scale times th
 of the image's embedding with each class's.
 
 The names and templates: for a dataset read as ImageNet-1k, the curated names open_clip
-ships (OpenAI's) and OpenAI's 80 templates; for any other, the dataset's own class names and
-"a photo of a {}."; model.classnames / model.templates files override either. A head is
+ships (OpenAI's) and OpenAI's 80 templates; for any other, the dataset's own class names
+(an underscore read as a space: folder names have none) and "a photo of a {}.";
+model.classnames / model.templates files override either. A head is
 built once per (model, weights, names, templates) on the run's device and cached by that
 content's hash, so a sweep over datasets or a resumed run does not build it again.
 """
@@ -75,8 +76,8 @@ def prompts(
         said = "ImageNet-1k: open_clip's curated names (OpenAI's)"
         said_templates = "OpenAI's 80 templates"
     else:
-        classes, names = Named(tuple(own_names)), tuple(own_names)
-        default, said = (OWN_TEMPLATE,), f"the dataset's {len(names)} class names"
+        classes, names = Named(tuple(own_names)), tuple(n.replace("_", " ") for n in own_names)
+        default, said = (OWN_TEMPLATE,), f"the dataset's {len(names)} class names ('_' as ' ')"
         said_templates = f"'{OWN_TEMPLATE}'"
     if classnames is not None:
         names = read_names(classnames, "model.classnames")

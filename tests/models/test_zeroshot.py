@@ -112,6 +112,15 @@ def test_the_default_imagenet_prompts_are_openais_80():
     assert p.templates[0] == "a bad photo of a {}." and p.classes.kind == "imagenet-1k"
 
 
+def test_a_datasets_own_names_read_underscores_as_spaces():
+    """Folder names have no spaces: the text says "British Shorthair", the classes (what
+    rows and the plan name) stay the folders'."""
+    p = zeroshot.prompts(["Abyssinian", "British_Shorthair"], classnames=None, templates=None,
+                         device="cpu")  # fmt: skip
+    assert p.names == ("Abyssinian", "British Shorthair") and p.templates == (ONE_TEMPLATE,)
+    assert p.classes.names == ("Abyssinian", "British_Shorthair")
+
+
 def test_a_cached_head_gives_the_same_predictions(config, tmp_path, caplog, monkeypatch):
     """The second run (another folder, same model, names and templates) reads the head
     from the cache and scores the same; a damaged cache file is said and rebuilt."""
