@@ -19,7 +19,7 @@ from pipeline.reports import thumbnails
 from pipeline.runs import claims
 
 if TYPE_CHECKING:
-    from pipeline.reports.numbers import Run
+    from pipeline.reports.finished import Run
 
 MAX_FLIPS = 50  # flipped images listed (the count covers all)
 

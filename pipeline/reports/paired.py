@@ -13,7 +13,7 @@ from pipeline.errors import UserError
 from pipeline.reports import stats
 
 if TYPE_CHECKING:
-    from pipeline.reports.numbers import Run
+    from pipeline.reports.finished import Run
 
 SAME_ROWS = (
     "dataset_path",

@@ -13,7 +13,7 @@ import numpy as np
 from pipeline.errors import UserError, first_line
 
 if TYPE_CHECKING:
-    from pipeline.reports.numbers import Run
+    from pipeline.reports.finished import Run
 
 
 def most_confident_mistakes(run: Run, count: int) -> tuple[list[dict[str, Any]], str]:
