@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -79,7 +80,7 @@ def test_finished_run_is_not_redone(config, tmp_path, parquet_file, monkeypatch,
     )
 
 
-def start_cli(args, repo_root, *prefix):
+def start_cli(args, repo_root, *prefix, env=None):
     return subprocess.Popen(
         [*(prefix or [sys.executable, "-m", "pipeline"]), *args],
         cwd=repo_root,
@@ -87,8 +88,32 @@ def start_cli(args, repo_root, *prefix):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"},
+        env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", **(env or {})},
     )
+
+
+# A run that, after each part it commits, waits until a file exists: the moment a test
+# needs (a run in progress) held however fast the machine scores.
+HOLD = """import os, sys, time
+sys.path.insert(0, {repo!r})
+from pipeline.runs.folder import RunFolder
+_commit = RunFolder.commit_part
+def _held(self, table):
+    _commit(self, table)
+    while not os.path.exists({gate!r}):
+        time.sleep(0.05)
+RunFolder.commit_part = _held
+"""
+
+
+def held_after_each_part(tmp_path, repo_root) -> tuple[dict[str, str], Path]:
+    """The environment of a run held after each committed part, and the file that lets it
+    go on."""
+    site, gate = tmp_path / "hold", tmp_path / "go"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(HOLD.format(repo=str(repo_root), gate=str(gate)))
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path}, gate
 
 
 def wait_for_parts(folder, proc, count=2, timeout=120):
@@ -179,11 +204,15 @@ def test_ctrl_c_once_stops_with_a_hint_twice_exits_at_once(repo_root, tmp_path, 
 @pytest.mark.slow
 def test_two_runs_into_one_folder(repo_root, tmp_path, big_args):
     """A second run into a folder in use fails at once naming the first's pid; the first
-    finishes, and the loser leaves nothing in the folder."""
+    finishes, and the loser leaves nothing in the folder. The first is held after its first
+    part until the second has run: on a fast machine it would otherwise finish first."""
     out = tmp_path / "shared"
-    first = start_cli([*big_args, f"output_dir={out}"], repo_root)
+    env, gate = held_after_each_part(tmp_path, repo_root)
+    first = start_cli([*big_args, f"output_dir={out}"], repo_root, env=env)
     wait_for_parts(out / "parts", first, count=1)
     second = run_cli([*big_args, f"output_dir={out}"], cwd=repo_root)
+    assert first.poll() is None, "the first run was not held"
+    gate.touch()
     assert second.returncode == 2, second.stderr
     assert f"is in use by another run (pid {first.pid} on" in second.stderr
     _, stderr = first.communicate(timeout=120)

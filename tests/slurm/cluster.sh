@@ -130,10 +130,13 @@ start() {
 
 node_ready() { sinfo -h -o %t | grep -qE '^(idle|mix|alloc)'; }
 
-stop() {
+gone() { ! pgrep -x "$1" >/dev/null; }
+
+stop() {  # and wait for each daemon to exit: a start right after must not find it dying
     for daemon in slurmd slurmctld slurmdbd; do pkill -x "$daemon" 2>/dev/null || true; done
     mysqladmin shutdown 2>/dev/null || true
     pkill -x munged 2>/dev/null || true
+    for daemon in slurmd slurmctld slurmdbd mariadbd munged; do wait_for 30 "$daemon to exit" gone "$daemon"; done
     log "stopped"
 }
 
