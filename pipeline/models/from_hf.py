@@ -97,14 +97,9 @@ def _zero_shot(asked: ModelRequest, transformers: Any, config: Any, processor: A
 
     sha = digest.result() if isinstance(digest, Future) else digest
     key = f"transformers {name} {asked.weights} {sha or 'random, seed 0'}"
-    net.to(device)
-    try:
-        weights, how = zeroshot.head(asked.prompts, key, encode)
-    finally:
-        net.to("cpu")
-    scale, bias = zeroshot.logit_scale(net)
+    model, how = zeroshot.classifier(net, _ImageFeatures(net), asked.prompts, key, encode)
     return LoadedModel(
-        model=zeroshot.ZeroShot(_ImageFeatures(net), weights, scale, bias),
+        model=model,
         arch=f"hf:{name}",
         weights=asked.weights,
         digest=digest,

@@ -30,7 +30,6 @@ from pipeline.models.base import LoadedModel, Published
 from pipeline.models.weights import file_sha256, random_weights
 from pipeline.request import ModelRequest
 
-log = logging.getLogger(__name__)
 SCHEMAS = ("local-dir:", "hf-hub:")
 RESULTS = "published/openclip-results.csv"  # open_clip's docs/openclip_results.csv, top-1
 
@@ -69,15 +68,11 @@ def load(asked: ModelRequest) -> LoadedModel:
         return model.encode_text(tokenizer(texts).to(device), normalize=True)
 
     model_key = f"open_clip {name} {asked.weights} {digest or 'random, seed 0'}"
-    model.to(device)
-    try:
-        weights, how = zeroshot.head(asked.prompts, model_key, encode)
-    finally:
-        model.to("cpu")
-    log.info("zero-shot head: %s; %s", asked.prompts.source, how)
-    scale, bias = zeroshot.logit_scale(model)
+    classifier, how = zeroshot.classifier(
+        model, _ImageTower(model), asked.prompts, model_key, encode
+    )
     return LoadedModel(
-        model=zeroshot.ZeroShot(_ImageTower(model), weights, scale, bias),
+        model=classifier,
         arch=f"openclip:{name}",
         weights=asked.weights,
         digest=digest,

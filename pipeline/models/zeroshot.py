@@ -148,6 +148,26 @@ def head(
     return weights, how
 
 
+def classifier(
+    net: nn.Module,
+    tower: nn.Module,
+    p: Prompts,
+    model_key: str,
+    encode: Callable[[list[str]], torch.Tensor],
+) -> tuple[ZeroShot, str]:
+    """A CLIP-like `net` as a classifier over the prompts' classes: its head (`head`), with
+    `net` on the run's device while its text tower encodes and back on the CPU after (the
+    run places the model itself), under `tower`'s image features; and how the head was had,
+    which the log says."""
+    net.to(p.device)
+    try:
+        weights, how = head(p, model_key, encode)
+    finally:
+        net.to("cpu")
+    log.info("zero-shot head: %s; %s", p.source, how)
+    return ZeroShot(tower, weights, *logit_scale(net)), how
+
+
 def _read_cached(path: Path, classes: int) -> torch.Tensor | None:
     try:
         weights = torch.load(path, map_location="cpu", weights_only=True)
