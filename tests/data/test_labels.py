@@ -241,6 +241,16 @@ def test_robustness_suite_configs_on_local_replicas(
     assert frame["correct_top1"].tolist() == hits or result["restricted"]
 
 
+def loaded_and_streamed(config, tmp_path, root, answering):
+    """The webdataset folder `root` scored as ImageNetV2 by a model that always answers
+    springer: loaded first, then streamed; each run's metrics row and predictions."""
+    for streaming in (False, True):
+        out = tmp_path / f"streaming-{streaming}"
+        overrides = ["dataset=imagenet-v2", f"dataset.path={root}", answering(SPRINGER)]
+        result = run.evaluate(config(*overrides, f"dataset.streaming={streaming}"), out).row
+        yield result, pd.read_parquet(out / claims.PREDICTIONS)
+
+
 @pytest.mark.parametrize(
     ("keys", "errors"), [(["jpg", "jpg", "jpg"], 0), (["jpg", "webp", "jpg"], 3)]
 )
@@ -252,11 +262,8 @@ def test_streamed_webdataset_shards_equal_the_loaded_split(
     same rows, labels, predictions and error rows as loading the split first."""
     root = webdataset(tmp_path / "wds", [0, 217, 999, 217, 5, 1, 217], shards=3, keys=keys)
     frames = []
-    for streaming in (False, True):
-        out = tmp_path / f"streaming-{streaming}"
-        overrides = ["dataset=imagenet-v2", f"dataset.path={root}", answering(SPRINGER)]
-        result = run.evaluate(config(*overrides, f"dataset.streaming={streaming}"), out).row
-        frames.append(pd.read_parquet(out / claims.PREDICTIONS))
+    for result, frame in loaded_and_streamed(config, tmp_path, root, answering):
+        frames.append(frame)
         assert result["n_images"] == 7 and result["n_errors"] == errors
     pd.testing.assert_frame_equal(frames[0], frames[1])
 
@@ -268,11 +275,8 @@ def test_a_shard_that_mixes_image_keys_streams_like_the_loaded_split(config, tmp
     cls = [0, 217, 999, 217, 5, 1, 217, 3]
     root = webdataset(tmp_path / "wds", cls, image_key="jpg", odd={6: "webp"})
     frames = []
-    for streaming in (False, True):
-        out = tmp_path / f"streaming-{streaming}"
-        overrides = ["dataset=imagenet-v2", f"dataset.path={root}", answering(SPRINGER)]
-        result = run.evaluate(config(*overrides, f"dataset.streaming={streaming}"), out).row
-        frames.append(pd.read_parquet(out / claims.PREDICTIONS))
+    for result, frame in loaded_and_streamed(config, tmp_path, root, answering):
+        frames.append(frame)
         assert (result["n_images"], result["n_errors"]) == (8, 1)
     pd.testing.assert_frame_equal(frames[0], frames[1])
     assert frames[1]["error"].notna().tolist() == [i == 6 for i in range(8)]

@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 import pytest
-from helpers import GOLDFISH, TENCH, headless, hub_dataset, jpeg, needs_chromium, photo
+from helpers import GOLDFISH, TENCH, headless, hub_dataset, jpeg, labelled, needs_chromium, photo
 
 from pipeline import report as report_command
 from pipeline import run
@@ -22,19 +22,18 @@ from pipeline.reports import stats
 scipy_stats = pytest.importorskip("scipy.stats")
 
 
+def two_classes(tmp_path) -> list[str]:
+    """The overrides of a split of 10 images, 6 tench and 4 goldfish (a ClassLabel of those
+    two names), scored among the two classes."""
+    path = labelled(tmp_path / "two.parquet", [0] * 6 + [1] * 4, ["tench", "goldfish"])
+    return ["dataset=parquet", f"dataset.data_files={path}", "dataset.restrict=true"]
+
+
 @pytest.fixture
 def two_class_runs(config, tmp_path, answering):
     """10 images, 6 tench and 4 goldfish, scored among the two classes; run A always
     answers tench, run B goldfish."""
-    import datasets
-
-    rows: dict[str, list[Any]] = {
-        "image": [{"bytes": jpeg(photo(i)), "path": f"{i}.jpg"} for i in range(10)]
-    }
-    rows["label"] = [0] * 6 + [1] * 4
-    path = tmp_path / "two.parquet"
-    hub_dataset(rows, label=datasets.ClassLabel(names=["tench", "goldfish"])).to_parquet(path)
-    data = ["dataset=parquet", f"dataset.data_files={path}", "dataset.restrict=true"]
+    data = two_classes(tmp_path)
     run.evaluate(config(*data, answering(TENCH)), tmp_path / "a")
     run.evaluate(config(*data, answering(GOLDFISH)), tmp_path / "b")
     return tmp_path / "a", tmp_path / "b"
@@ -187,15 +186,7 @@ def test_runs_without_labeled_scored_images_report_na(config, tmp_path, capsys, 
 def label_runs(config, tmp_path, answering, **variants: list[str]):
     """Runs over the same 10 rows (6 tench, 4 goldfish), each with its own overrides (scored
     among the two classes unless they say otherwise)."""
-    import datasets
-
-    rows: dict[str, list[Any]] = {
-        "image": [{"bytes": jpeg(photo(i)), "path": f"{i}.jpg"} for i in range(10)]
-    }
-    rows["label"] = [0] * 6 + [1] * 4
-    path = tmp_path / "two.parquet"
-    hub_dataset(rows, label=datasets.ClassLabel(names=["tench", "goldfish"])).to_parquet(path)
-    data = ["dataset=parquet", f"dataset.data_files={path}", "dataset.restrict=true"]
+    data = two_classes(tmp_path)
     data.append(answering(TENCH))
     for name, overrides in variants.items():
         run.evaluate(config(*data, *overrides), tmp_path / name)
